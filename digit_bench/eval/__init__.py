@@ -1,0 +1,1 @@
+"""eval of digit_bench."""

@@ -1,0 +1,228 @@
+"""The stage DAG of one run (DESIGN.md §1), with artifact ids computed before anything runs.
+
+`run_dag(cfg)` returns the nodes a run needs, keyed by role ("features", "gpt", "metrics", ...). A node is a stage
+module (digit_bench/stages/<stage>.py exposing VERSION, RESUMABLE and `compute(cfg, parents, out) -> dict`), the
+slice of the config that affects its bytes, and its parent nodes; its id hashes all three. Runs of a sweep share
+every node whose inputs agree, so the sweep computes each one once.
+
+Which seeds enter which nodes: the run seed re-keys the stage-1 GPT, its samples, the LDM and everything below
+them; the backbone (pretrain_ssl), K-Means (tokenizer.seed), the VQGAN, the stage-2 decoder, the local classifier
+and the reference statistics are shared by all run seeds (they are the fixed "instruments" of the comparison).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from functools import cached_property
+from types import ModuleType
+
+from digit_bench.artifacts import Artifact, Store, artifact_id
+from digit_bench.config import ExperimentConfig, to_dict
+
+SSL_BACKBONES = {"dino_tiny": "dino", "mae_tiny": "mae", "sup_tiny": "sup"}
+FIXED_SEED = 0  # seed of the shared instruments (VQGAN, stage 2, classifier)
+
+
+@dataclass(eq=False)
+class Node:
+    """One artifact to compute: stage module + stage config + parents."""
+
+    stage: str  # module under digit_bench.stages and directory under the root
+    prefix: str  # readable part of the id
+    cfg: dict
+    parents: dict[str, "Node"] = field(default_factory=dict)
+
+    @property
+    def module(self) -> ModuleType:
+        return importlib.import_module(f"digit_bench.stages.{self.stage}")
+
+    @cached_property
+    def id(self) -> str:
+        return artifact_id(self.stage, self.prefix, self.cfg, [p.id for p in self.parents.values()], self.module.VERSION)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.stage, self.id
+
+    def spec(self) -> dict:
+        """A picklable description (for submitit jobs): everything needed to compute it from published parents."""
+        return {"stage": self.stage, "id": self.id, "cfg": self.cfg,
+                "parents": {role: [p.stage, p.id] for role, p in self.parents.items()}}
+
+
+def compute_spec(store: Store, spec: dict, log=print) -> Artifact:
+    """Compute (or reuse) the node described by `spec`; its parents must be published."""
+    module = importlib.import_module(f"digit_bench.stages.{spec['stage']}")
+    parents = {role: store.require(st, aid, "the sweep that planned this run (rerun it)")
+               for role, (st, aid) in spec["parents"].items()}
+    return store.lookup_or_compute(spec["stage"], spec["id"], spec["cfg"], parents,
+                                   lambda out: module.compute(spec["cfg"], parents, out),
+                                   resumable=module.RESUMABLE, log=log)
+
+
+def compute(store: Store, node: Node, log=print) -> Artifact:
+    """Compute a node and, first, any of its ancestors (in-process)."""
+    for p in node.parents.values():
+        if store.lookup(p.stage, p.id) is None:
+            compute(store, p, log)
+    return compute_spec(store, node.spec(), log)
+
+
+def ancestors(nodes: list[Node]) -> list[Node]:
+    """All nodes reachable from `nodes`, each once, parents before children."""
+    seen: dict[tuple, Node] = {}
+
+    def visit(n: Node) -> None:
+        if n.key in seen:
+            return
+        for p in n.parents.values():
+            visit(p)
+        seen[n.key] = n
+
+    for n in nodes:
+        visit(n)
+    return list(seen.values())
+
+
+def depth(node: Node, memo: dict | None = None) -> int:
+    """Longest path from a root: nodes of equal depth form one wave."""
+    memo = {} if memo is None else memo
+    if node.key not in memo:
+        memo[node.key] = 1 + max((depth(p, memo) for p in node.parents.values()), default=-1)
+    return memo[node.key]
+
+
+# ------------------------------------------------------------------------------------------------ the graph
+def _data(cfg: ExperimentConfig) -> dict:
+    return to_dict(cfg.data)
+
+
+def classifier_node(cfg: ExperimentConfig) -> Node:
+    return Node("classifier", f"local-{cfg.data.name}{cfg.data.image_size}",
+                {"data": _data(cfg), "train": to_dict(cfg.eval.local_train), "seed": FIXED_SEED})
+
+
+def reference_node(cfg: ExperimentConfig, extractor: str) -> Node:
+    parents = {"classifier": classifier_node(cfg)} if extractor == "local" else {}
+    return Node("reference", f"{extractor}-{cfg.eval.reference.replace(':', '_')}",
+                {"data": _data(cfg), "reference": cfg.eval.reference, "extractor": extractor,
+                 "num_reference": cfg.eval.num_reference, "weights": cfg.eval.weights}, parents)
+
+
+def evaluate_node(cfg: ExperimentConfig, images: Node, label: str) -> Node:
+    """Metrics of an image artifact against the reference, with every configured extractor."""
+    extractors = (cfg.eval.extractor, *cfg.eval.extra_extractors)
+    parents = {"images": images, "classifier": classifier_node(cfg)}
+    parents.update({f"reference_{e}": reference_node(cfg, e) for e in extractors})
+    tokenizer_backbone = cfg.backbone.name if cfg.generator == "digit" else cfg.generator
+    return Node("evaluate", f"{label}-{cfg.eval.extractor}",
+                {"eval": {k: v for k, v in to_dict(cfg.eval).items() if k != "local_train"},
+                 "extractors": list(extractors), "tokenizer_backbone": tokenizer_backbone, "seed": cfg.seed}, parents)
+
+
+def backbone_parents(cfg: ExperimentConfig) -> dict[str, Node]:
+    if cfg.backbone.name not in SSL_BACKBONES:
+        return {}
+    return {"ssl": Node("pretrain_ssl", f"{cfg.backbone.name}-{cfg.data.name}",
+                        {"method": SSL_BACKBONES[cfg.backbone.name], "data": _data(cfg), "ssl": to_dict(cfg.ssl),
+                         "seed": cfg.backbone.init_seed})}
+
+
+def _backbone_cfg(cfg: ExperimentConfig) -> dict:
+    b = to_dict(cfg.backbone)
+    b.pop("batch_size")  # changes speed, not bytes
+    return b
+
+
+def kmeans_nodes(cfg: ExperimentConfig) -> dict[str, Node]:
+    bb = backbone_parents(cfg)
+    features = Node("extract", f"{cfg.backbone.name}-L{cfg.backbone.layer}-{cfg.data.name}",
+                    {"data": _data(cfg), "backbone": _backbone_cfg(cfg), "features": to_dict(cfg.features),
+                     "batch_size": cfg.backbone.batch_size}, bb)
+    tok = to_dict(cfg.tokenizer)
+    centroids = Node("cluster", f"k{cfg.tokenizer.k}-{cfg.tokenizer.backend}-s{cfg.tokenizer.seed}",
+                     {k: tok[k] for k in ("k", "niter", "backend", "spherical", "seed", "max_points_per_centroid")},
+                     {"features": features})
+    tokens = Node("tokenize", f"{cfg.backbone.name}-k{cfg.tokenizer.k}",
+                  {"data": _data(cfg), "backbone": _backbone_cfg(cfg), "views": tok["views"], "spherical": cfg.tokenizer.spherical,
+                   "batch_size": cfg.backbone.batch_size}, {"centroids": centroids, **bb})
+    return {**bb, "features": features, "centroids": centroids, "tokens": tokens}
+
+
+def vqgan_nodes(cfg: ExperimentConfig) -> dict[str, Node]:
+    vq = {k: v for k, v in to_dict(cfg.vqgan).items()}
+    vqgan = Node("vqgan", f"vqgan-{cfg.data.name}{cfg.data.image_size}-n{cfg.vqgan.n_embed}",
+                 {"data": _data(cfg), "vqgan": vq, "seed": FIXED_SEED})
+    vq_tokens = Node("vq_tokenize", f"vq-n{cfg.vqgan.n_embed}",
+                     {"data": _data(cfg), "views": list(cfg.tokenizer.views)}, {"vqgan": vqgan})
+    return {"vqgan": vqgan, "vq_tokens": vq_tokens}
+
+
+def stage1_nodes(cfg: ExperimentConfig, tokens: Node, label: str) -> dict[str, Node]:
+    gpt = Node("train", f"{cfg.gpt.size}-{label}-s{cfg.seed}",
+               {"gpt": to_dict(cfg.gpt), "train": to_dict(cfg.train), "seed": cfg.seed}, {"tokens": tokens})
+    samples = Node("sample", f"{cfg.gpt.size}-{label}-s{cfg.seed}", {"sample": to_dict(cfg.sample)}, {"gpt": gpt})
+    out = {"gpt": gpt, "samples": samples}
+    if cfg.probe.enabled:
+        out["probe"] = Node("probe", f"{cfg.gpt.size}-{label}-s{cfg.seed}", {"probe": to_dict(cfg.probe), "seed": cfg.seed},
+                            {"gpt": gpt, "tokens": tokens})
+    return out
+
+
+def run_dag(cfg: ExperimentConfig) -> dict[str, Node]:
+    """role -> node for everything one run needs; `metrics` and the ceiling metrics are its sinks."""
+    nodes: dict[str, Node] = {}
+    if cfg.generator in ("digit", "vqgan_ar"):
+        nodes.update(vqgan_nodes(cfg))
+    if cfg.generator == "digit":
+        nodes.update(kmeans_nodes(cfg))
+        label = f"{cfg.backbone.name}-k{cfg.tokenizer.k}"
+        nodes.update(stage1_nodes(cfg, nodes["tokens"], label))
+        nodes["tokenizer_metrics"] = Node("tokenizer_metrics", label,
+                                          {"stability": to_dict(cfg.stability), "data": _data(cfg), "probe": to_dict(cfg.probe),
+                                           "tokenizer": to_dict(cfg.tokenizer)},
+                                          {"tokens": nodes["tokens"], "centroids": nodes["centroids"],
+                                           "features": nodes["features"], **backbone_parents(cfg)})
+        nodes["stage2"] = Node("stage2", f"{cfg.stage2.kind}-{cfg.stage2.size}-{label}",
+                               {"stage2": to_dict(cfg.stage2), "seed": FIXED_SEED},
+                               {"tokens": nodes["tokens"], "vq_tokens": nodes["vq_tokens"]})
+        render = {"stage2": to_dict(cfg.stage2), "sample_seed": cfg.sample.seed, "batch_size": cfg.sample.batch_size}
+        nodes["images"] = Node("render", f"digit-{label}-s{cfg.seed}", {**render, "source": "samples"},
+                               {"samples": nodes["samples"], "stage2": nodes["stage2"], "vqgan": nodes["vqgan"]})
+        nodes["ceiling_images"] = Node("render", f"digit_vq_ceiling-{label}", {**render, "source": "ground_truth"},
+                                       {"tokens": nodes["tokens"], "stage2": nodes["stage2"], "vqgan": nodes["vqgan"]})
+        nodes["ceiling_metrics"] = evaluate_node(cfg, nodes["ceiling_images"], f"digit_vq_ceiling-{label}")
+    elif cfg.generator == "vqgan_ar":
+        label = f"vq{cfg.vqgan.n_embed}"
+        nodes.update(stage1_nodes(cfg, nodes["vq_tokens"], label))
+        nodes["tokenizer_metrics"] = Node("tokenizer_metrics", label,
+                                          {"stability": to_dict(cfg.stability), "data": _data(cfg), "probe": to_dict(cfg.probe),
+                                           "tokenizer": {"kind": "vqgan"}},
+                                          {"tokens": nodes["vq_tokens"], "vqgan": nodes["vqgan"]})
+        nodes["images"] = Node("render", f"vqgan_ar-s{cfg.seed}",
+                               {"source": "samples", "batch_size": cfg.sample.batch_size},
+                               {"samples": nodes["samples"], "vqgan": nodes["vqgan"]})
+        nodes["ceiling_images"] = Node("render", "vq_recon", {"source": "reconstruction", "batch_size": cfg.sample.batch_size},
+                                       {"vqgan": nodes["vqgan"], "tokens": nodes["vq_tokens"]})
+        nodes["ceiling_metrics"] = evaluate_node(cfg, nodes["ceiling_images"], "vq_only")
+    else:  # ldm
+        ldm = to_dict(cfg.ldm)
+        vae = Node("vae", f"vae-{cfg.data.name}{cfg.data.image_size}",
+                   {"data": _data(cfg), "ldm": {k: ldm[k] for k in ("vae_weights", "latent_channels", "vae_channels", "kl_weight", "vae_train")},
+                    "seed": FIXED_SEED})
+        latents = Node("latents", f"latents-{cfg.data.name}", {"data": _data(cfg)}, {"vae": vae})
+        diffusion = Node("diffusion", f"{ldm['denoiser']}-s{cfg.seed}", {"ldm": ldm, "seed": cfg.seed}, {"latents": latents})
+        nodes.update(vae=vae, latents=latents, diffusion=diffusion)
+        nodes["images"] = Node("ldm_sample", f"{ldm['denoiser']}-s{cfg.seed}",
+                               {"ldm": ldm, "num_samples": cfg.sample.num_samples, "sample_seed": cfg.sample.seed,
+                                "batch_size": cfg.sample.batch_size},
+                               {"diffusion": diffusion, "vae": vae, "latents": latents})
+    nodes["metrics"] = evaluate_node(cfg, nodes["images"], f"{cfg.generator}-s{cfg.seed}")
+    nodes["real_metrics"] = evaluate_node(cfg, real_images_node(cfg), "real_val")
+    return nodes
+
+
+def real_images_node(cfg: ExperimentConfig) -> Node:
+    """Held-out real images (val split), as many as the generator makes: the best any generator can score."""
+    return Node("real_images", f"{cfg.data.name}-val", {"data": _data(cfg), "num_samples": cfg.sample.num_samples})

@@ -1,0 +1,1 @@
+"""stages of digit_bench."""

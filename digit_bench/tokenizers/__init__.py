@@ -1,0 +1,1 @@
+"""tokenizers of digit_bench."""
