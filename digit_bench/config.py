@@ -109,6 +109,7 @@ class SampleConfig:
 @dataclass(frozen=True)
 class VQGANConfig:
     weights: Optional[str] = None  # external taming-format checkpoint (paper: MAGE vqgan_jax_strongaug.ckpt); None = train here
+    arch: Literal["taming", "maskgit"] = "taming"  # module layout: taming-transformers, or MAGE's MaskGIT port (paper)
     ch: int = 64  # base channels (paper: 128)
     ch_mult: tuple[int, ...] = (1, 2)  # per-resolution multipliers; len-1 downsamplings (paper: 1,1,2,2,4 -> f16)
     num_res_blocks: int = 1  # (paper: 2)

@@ -110,15 +110,17 @@ def reference_node(cfg: ExperimentConfig, extractor: str) -> Node:
                  "num_reference": cfg.eval.num_reference, "weights": cfg.eval.weights}, parents)
 
 
-def evaluate_node(cfg: ExperimentConfig, images: Node, label: str) -> Node:
-    """Metrics of an image artifact against the reference, with every configured extractor."""
+def evaluate_node(cfg: ExperimentConfig, images: Node, label: str, seed: int, tokenizer_backbone: str) -> Node:
+    """Metrics of an image artifact against the reference, with every configured extractor.
+
+    `seed` seeds the bootstrap; `tokenizer_backbone` is what the circularity guard compares extractors with.
+    """
     extractors = (cfg.eval.extractor, *cfg.eval.extra_extractors)
     parents = {"images": images, "classifier": classifier_node(cfg)}
     parents.update({f"reference_{e}": reference_node(cfg, e) for e in extractors})
-    tokenizer_backbone = cfg.backbone.name if cfg.generator == "digit" else cfg.generator
     return Node("evaluate", f"{label}-{cfg.eval.extractor}",
                 {"eval": {k: v for k, v in to_dict(cfg.eval).items() if k != "local_train"},
-                 "extractors": list(extractors), "tokenizer_backbone": tokenizer_backbone, "seed": cfg.seed}, parents)
+                 "extractors": list(extractors), "tokenizer_backbone": tokenizer_backbone, "seed": seed}, parents)
 
 
 def backbone_parents(cfg: ExperimentConfig) -> dict[str, Node]:
@@ -192,7 +194,8 @@ def run_dag(cfg: ExperimentConfig) -> dict[str, Node]:
                                {"samples": nodes["samples"], "stage2": nodes["stage2"], "vqgan": nodes["vqgan"]})
         nodes["ceiling_images"] = Node("render", f"digit_vq_ceiling-{label}", {**render, "source": "ground_truth"},
                                        {"tokens": nodes["tokens"], "stage2": nodes["stage2"], "vqgan": nodes["vqgan"]})
-        nodes["ceiling_metrics"] = evaluate_node(cfg, nodes["ceiling_images"], f"digit_vq_ceiling-{label}")
+        nodes["ceiling_metrics"] = evaluate_node(cfg, nodes["ceiling_images"], f"digit_vq_ceiling-{label}", FIXED_SEED,
+                                                 cfg.backbone.name)
     elif cfg.generator == "vqgan_ar":
         label = f"vq{cfg.vqgan.n_embed}"
         nodes.update(stage1_nodes(cfg, nodes["vq_tokens"], label))
@@ -205,7 +208,7 @@ def run_dag(cfg: ExperimentConfig) -> dict[str, Node]:
                                {"samples": nodes["samples"], "vqgan": nodes["vqgan"]})
         nodes["ceiling_images"] = Node("render", "vq_recon", {"source": "reconstruction", "batch_size": cfg.sample.batch_size},
                                        {"vqgan": nodes["vqgan"], "tokens": nodes["vq_tokens"]})
-        nodes["ceiling_metrics"] = evaluate_node(cfg, nodes["ceiling_images"], "vq_only")
+        nodes["ceiling_metrics"] = evaluate_node(cfg, nodes["ceiling_images"], "vq_only", FIXED_SEED, "vqgan")
     else:  # ldm
         ldm = to_dict(cfg.ldm)
         vae = Node("vae", f"vae-{cfg.data.name}{cfg.data.image_size}",
@@ -216,10 +219,11 @@ def run_dag(cfg: ExperimentConfig) -> dict[str, Node]:
         nodes.update(vae=vae, latents=latents, diffusion=diffusion)
         nodes["images"] = Node("ldm_sample", f"{ldm['denoiser']}-s{cfg.seed}",
                                {"ldm": ldm, "num_samples": cfg.sample.num_samples, "sample_seed": cfg.sample.seed,
-                                "batch_size": cfg.sample.batch_size},
+                                "batch_size": cfg.sample.batch_size, "conditional": cfg.gpt.class_conditional},
                                {"diffusion": diffusion, "vae": vae, "latents": latents})
-    nodes["metrics"] = evaluate_node(cfg, nodes["images"], f"{cfg.generator}-s{cfg.seed}")
-    nodes["real_metrics"] = evaluate_node(cfg, real_images_node(cfg), "real_val")
+    tokenizer_backbone = cfg.backbone.name if cfg.generator == "digit" else cfg.generator
+    nodes["metrics"] = evaluate_node(cfg, nodes["images"], f"{cfg.generator}-s{cfg.seed}", cfg.seed, tokenizer_backbone)
+    nodes["real_metrics"] = evaluate_node(cfg, real_images_node(cfg), "real_val", FIXED_SEED, "real")
     return nodes
 
 

@@ -1,0 +1,36 @@
+"""Stage: LDM samples -> uint8 image artifact. Any diffusers scheduler by name (DDIM by default), N steps, CFG
+scale; sample i uses seed `sample_seed + i` (independent of batch size). Unconditional runs sample the null class,
+so the LDM is compared with the unconditional GPTs; class-conditional runs get class-balanced labels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from digit_bench.artifacts import Artifact
+from digit_bench.config import LDMConfig, build
+from digit_bench.stages.common import device, device_info
+from digit_bench.stages.vae import load_vae_artifact
+
+VERSION = 1
+RESUMABLE = False
+
+
+def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
+    from digit_bench.eval.grids import save_grid
+    from digit_bench.models.ldm import load_denoiser, sample_ldm
+
+    lcfg = build(LDMConfig, cfg["ldm"])
+    lat = parents["latents"].manifest
+    num_classes, (_, channels, size, _) = lat["num_classes"], lat["shape"]
+    model = load_denoiser(parents["diffusion"] / "ckpt.pt", lcfg, num_classes, channels, size).to(device())
+    n = cfg["num_samples"]
+    conditional = cfg["conditional"]
+    labels = np.arange(n) % num_classes if conditional else np.full(n, num_classes)
+    seeds = cfg["sample_seed"] + np.arange(n)
+    images = sample_ldm(model, load_vae_artifact(parents["vae"]), lat["scaling_factor"], labels, seeds, lcfg, cfg["batch_size"])
+    np.savez(out / "images.npz", images=images, labels=labels)
+    save_grid(images[:64], out / "grid.png", labels[:64] if conditional else None)
+    return {"shape": list(images.shape), "source": "ldm", "conditional": conditional, **device_info()}

@@ -1,0 +1,28 @@
+"""Stage: a tiny self-supervised ViT trained here (DINO, MAE) or a supervised one, for the CPU profiles.
+
+No pretrained weights can be downloaded on many first machines, so the tiny profile trains its own backbones on the
+dataset's train split (digit_bench/ssl.py). The kNN and linear accuracy on val images (the paper's Acc@OL) go to
+the manifest; `backbone.pt` is what the `dino_tiny` / `mae_tiny` / `sup_tiny` backbones load.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from digit_bench.artifacts import Artifact
+from digit_bench.config import DataConfig, SSLConfig, build
+from digit_bench.data import load_split
+from digit_bench.stages.common import device_info
+
+VERSION = 1
+RESUMABLE = True
+
+
+def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
+    from digit_bench.ssl import pretrain
+
+    data = build(DataConfig, cfg["data"])
+    train, val = load_split(data, "train"), load_split(data, "val")
+    stats = pretrain(cfg["method"], train.images.all(), train.labels, build(SSLConfig, cfg["ssl"]), out, cfg["seed"],
+                     eval_images=val.images.all(), eval_labels=val.labels)
+    return {**stats, "method": cfg["method"], **device_info()}

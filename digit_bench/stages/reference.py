@@ -1,0 +1,56 @@
+"""Stage: reference statistics, the real side of every FD/KID/precision/recall, for one extractor.
+
+`dataset:<name>:<split>`: the real images of a split (DiGIT's protocol: ImageNet val, 50k, Resize 256 + CenterCrop
+256, here the `test` part of the `imagenet` dataset) through the extractor; features, mu and sigma are stored in
+`reference.pt`. `npz:<file>`: ADM-style mu/sigma (the protocol of LlamaGen/VAR/DiT/MAR), FID only; the file's path
+and hash go to the manifest. Keyed by extractor and its weights, so a reference is never reused across weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from digit_bench.artifacts import Artifact
+from digit_bench.config import DataConfig, build
+from digit_bench.data import load_split
+from digit_bench.errors import UserError
+from digit_bench.stages.common import device_info
+
+VERSION = 1
+RESUMABLE = False
+
+
+def extractor_for(name: str, weights: str | None, parents: dict[str, Artifact]):
+    """The resolved extractor; `local` takes its classifier from the `classifier` parent."""
+    from digit_bench.registry import EXTRACTORS
+
+    if name == "local":
+        weights = str(parents["classifier"] / "classifier.pt")
+    return EXTRACTORS.get(name)(weights=weights)
+
+
+def parse_reference(ref: str) -> tuple[str, str, str]:
+    """("dataset", name, split) or ("npz", file, "")."""
+    parts = ref.split(":")
+    if parts[0] == "dataset" and len(parts) == 3 and parts[2] in ("train", "val", "test"):
+        return "dataset", parts[1], parts[2]
+    if parts[0] == "npz" and len(parts) >= 2:
+        return "npz", ref[4:], ""
+    raise UserError(f"eval.reference {ref!r}: use dataset:<name>:<train|val|test> or npz:<file>")
+
+
+def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
+    from digit_bench.eval.fidelity import file_sha256, reference_features, save_reference
+
+    kind, name, split = parse_reference(cfg["reference"])
+    if kind == "npz":
+        return {"kind": "npz", "file": name, "sha256": file_sha256(Path(name))}
+    extractor = extractor_for(cfg["extractor"], cfg["weights"], parents)
+    data = dataclasses.replace(build(DataConfig, cfg["data"]), name=name, num_test=cfg["num_reference"])
+    part = load_split(data, split)
+    n = len(part) if cfg["num_reference"] is None else min(cfg["num_reference"], len(part))
+    ref = reference_features(part.images[:n], extractor)
+    save_reference(ref, out / "reference.pt")
+    return {"kind": "dataset", "num_images": n, "extractor": extractor.name, "weights_sha256": extractor.weights_sha256,
+            "skipped_files": part.skipped, **device_info()}

@@ -1,0 +1,45 @@
+"""Stage `checkpoint_to_samples`: stage-1 token sequences sampled from a trained GPT (KV cache, per-sample seeds).
+
+Sample i uses seed `sample.seed + i`, so the samples do not depend on the batch size or how the work is split.
+Class-conditional models get class-balanced labels (i mod num_classes), as the paper's 50 per ImageNet class.
+Output: `tokens.npy` uint16 (N, T) and `labels.npy` int64 (N,); grid and vocabulary are copied to the manifest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from digit_bench.artifacts import Artifact
+from digit_bench.stages.common import device, device_info, load_gpt
+
+VERSION = 1
+RESUMABLE = False
+
+
+def checkpoint_to_samples(model, num: int, cfg: dict, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint16 tokens (num, T) and their labels (class-balanced, or all 0 when unconditional)."""
+    conditional = model.cfg.num_classes > 0
+    labels = np.arange(num) % num_classes if conditional else np.zeros(num, np.int64)
+    out = np.empty((num, model.cfg.seq_len), np.uint16)  # (N, T)
+    for start in tqdm(range(0, num, cfg["batch_size"]), desc="sample", unit="batch"):
+        stop = min(start + cfg["batch_size"], num)
+        y = torch.from_numpy(labels[start:stop]).to(device()) if conditional else None
+        seeds = [cfg["seed"] + i for i in range(start, stop)]
+        out[start:stop] = model.generate(stop - start, labels=y, seeds=seeds, top_k=cfg["top_k"], top_p=cfg["top_p"],
+                                         temperature=cfg["temperature"], cfg_scale=cfg["cfg_scale"]).cpu().numpy()
+    return out, labels.astype(np.int64)
+
+
+def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
+    gpt = parents["gpt"]
+    meta = gpt.manifest
+    model = load_gpt(gpt)
+    tokens, labels = checkpoint_to_samples(model, cfg["sample"]["num_samples"], cfg["sample"], meta["num_classes"])
+    np.save(out / "tokens.npy", tokens)
+    np.save(out / "labels.npy", labels)
+    return {"shape": list(tokens.shape), "conditional": model.cfg.num_classes > 0, **{k: meta[k] for k in ("vocab_size", "seq_len", "grid", "tokenizer", "num_classes",
+                                                                   "image_size")}, **device_info()}

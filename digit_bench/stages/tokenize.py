@@ -1,0 +1,67 @@
+"""Stage `images_to_tokens`: every image of train/val/test -> nearest-centroid ids of its backbone patch features.
+
+Output per split S: `tokens_S.npy` uint16 (V, N, T) for the V views (identity, horizontal flip, ...), `labels_S.npy`
+int64 (N,), and `pooled_S.npy` float16 (N, D), the mean-pooled identity-view features (the backbone's own linear
+probe, the paper's Acc@OL). The manifest gives vocab size, grid and sequence length; downstream stages read them from
+here, never from a repeated flag. Same transform as the feature dump (the backbone's own).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from digit_bench.artifacts import Artifact
+from digit_bench.config import DataConfig, build
+from digit_bench.data import load_split
+from digit_bench.stages.common import VIEWS, backbone_from, device, device_info
+
+VERSION = 1
+RESUMABLE = False
+SPLITS = ("train", "val", "test")
+
+
+@torch.no_grad()
+def images_to_tokens(backbone, centroids: np.ndarray, images, views: list[str], batch_size: int,
+                     backend: str = "faiss", spherical: bool = False, desc: str = "tokens") -> tuple[np.ndarray, np.ndarray]:
+    """uint16 tokens (V, N, T) and float16 pooled identity features (N, D) of uint8 images (N, H, W, 3)."""
+    from digit_bench.tokenizers.kmeans import assign
+
+    dev = device()
+    backbone = backbone.to(dev).eval()
+    n, T, D = len(images), backbone.num_tokens, backbone.embed_dim
+    tokens = np.empty((len(views), n, T), np.uint16)  # (V, N, T)
+    pooled = np.empty((n, D), np.float16)  # (N, D)
+    for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch"):
+        batch = images[start:start + batch_size]  # (B, H, W, 3) uint8
+        for v, view in enumerate(views):
+            x = torch.from_numpy(VIEWS[view](batch)).to(dev)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                feats = backbone(x).float()  # (B, T, D)
+            ids = assign(feats.reshape(-1, D).cpu().numpy(), centroids, backend=backend, spherical=spherical)  # (B*T,)
+            tokens[v, start:start + len(batch)] = ids.reshape(len(batch), T)
+            if view == "identity":
+                pooled[start:start + len(batch)] = feats.mean(1).cpu().numpy()  # (B, D)
+    return tokens, pooled
+
+
+def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
+    centroids = np.load(parents["centroids"] / "centroids.npy")  # (K, D)
+    backbone = backbone_from(cfg, parents)
+    data = build(DataConfig, cfg["data"])
+    backend = parents["centroids"].manifest["config"]["backend"]
+    counts = {}
+    for split in SPLITS:
+        part = load_split(data, split)
+        tokens, pooled = images_to_tokens(backbone, centroids, part.images, cfg["views"], cfg["batch_size"],
+                                          backend=backend, spherical=cfg["spherical"], desc=f"tokens {split}")
+        np.save(out / f"tokens_{split}.npy", tokens)
+        np.save(out / f"labels_{split}.npy", part.labels)
+        np.save(out / f"pooled_{split}.npy", pooled)
+        counts[split] = len(part)
+    return {"tokenizer": "kmeans", "vocab_size": len(centroids), "grid": backbone.grid, "seq_len": backbone.num_tokens,
+            "views": cfg["views"], "counts": counts, "num_classes": part.num_classes, "embed_dim": backbone.embed_dim,
+            "image_size": data.image_size, **device_info()}

@@ -1,0 +1,34 @@
+"""Stage: the LDM baseline's VAE (diffusers AutoencoderKL), trained on the train split or loaded from a local folder
+(paper profile: sd-vae-ft-ema, as DiT uses). Output: a diffusers folder `vae/` (trained), or the loaded folder's
+absolute path in the manifest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from digit_bench.artifacts import Artifact
+from digit_bench.config import DataConfig, LDMConfig, build
+from digit_bench.data import load_split
+from digit_bench.stages.common import device, device_info
+
+VERSION = 1
+RESUMABLE = True
+
+
+def load_vae_artifact(art: Artifact):
+    from digit_bench.models.ldm import load_vae
+
+    return load_vae(art / art.manifest["vae_folder"]).to(device())  # an absolute path stays as it is
+
+
+def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
+    from digit_bench.models.ldm import load_vae, train_vae
+
+    lcfg = build(LDMConfig, cfg["ldm"])
+    if lcfg.vae_weights:
+        vae = load_vae(lcfg.vae_weights)
+        return {"vae_folder": str(Path(lcfg.vae_weights).resolve()), "params": sum(p.numel() for p in vae.parameters())}
+    train = load_split(build(DataConfig, cfg["data"]), "train")
+    _, stats = train_vae(train.images.all(), lcfg, out, cfg["seed"])
+    return {**stats, "vae_folder": "vae", **device_info()}

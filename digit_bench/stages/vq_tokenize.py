@@ -1,0 +1,54 @@
+"""Stage: VQGAN codes of every image of train/val/test, aligned with the K-Means token artifact (same images, same
+views), in the same file layout (`tokens_S.npy` uint16 (V, N, T), `labels_S.npy`), so the stage-1 GPT trains on
+either without knowing which tokenizer made them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from digit_bench.artifacts import Artifact
+from digit_bench.config import DataConfig, build
+from digit_bench.data import load_split
+from digit_bench.stages.common import VIEWS, device, device_info
+from digit_bench.stages.tokenize import SPLITS
+from digit_bench.stages.vqgan import load_vqgan
+
+VERSION = 1
+RESUMABLE = False
+
+
+@torch.no_grad()
+def images_to_vq_tokens(vqgan, images, views: list[str], batch_size: int = 256, desc: str = "vq tokens") -> np.ndarray:
+    """uint16 codes (V, N, h*w) of uint8 images (N, H, W, 3)."""
+    n = len(images)
+    out = None
+    for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch"):
+        batch = images[start:start + batch_size]  # (B, H, W, 3)
+        for v, view in enumerate(views):
+            x = torch.from_numpy(VIEWS[view](batch)).to(device()).permute(0, 3, 1, 2).float() / 255  # (B, 3, H, W)
+            _, idx, _ = vqgan.encode(x)  # (B, h, w)
+            if out is None:
+                out = np.empty((len(views), n, idx[0].numel()), np.uint16)  # (V, N, T)
+            out[v, start:start + len(batch)] = idx.flatten(1).cpu().numpy()
+    return out
+
+
+def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
+    vqgan = load_vqgan(parents["vqgan"])
+    data = build(DataConfig, cfg["data"])
+    counts = {}
+    for split in SPLITS:
+        part = load_split(data, split)
+        tokens = images_to_vq_tokens(vqgan, part.images, cfg["views"], desc=f"vq tokens {split}")
+        np.save(out / f"tokens_{split}.npy", tokens)
+        np.save(out / f"labels_{split}.npy", part.labels)
+        counts[split] = len(part)
+    T = tokens.shape[-1]
+    return {"tokenizer": "vqgan", "vocab_size": vqgan.quantize.n_embed, "grid": int(round(T ** 0.5)), "seq_len": T,
+            "views": cfg["views"], "counts": counts, "num_classes": part.num_classes, "image_size": data.image_size,
+            **device_info()}
