@@ -613,7 +613,8 @@ def run_id(cfg: ExperimentConfig, point: dict) -> str:
     d = to_dict(cfg)
     d.pop("launcher")
     d.pop("name")
-    slug = "-".join(_slug(v) for k, v in point.items() if k != "seed") or "run"
+    slug = "-".join(_slug(v) if isinstance(v, str) else _slug(f"{k.split('.')[-1]}{v}")
+                    for k, v in point.items() if k != "seed") or "run"
     return f"{slug}-s{point['seed']}-{config_hash(d, 8)}"
 
 

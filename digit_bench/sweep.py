@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from digit_bench.artifacts import Store, default_root
-from digit_bench.config import PROFILES, ExperimentConfig, LauncherConfig, Run, Sweep, flatten, load_sweep, to_dict
+from digit_bench.config import LauncherConfig, Sweep, load_sweep, to_dict
 from digit_bench.errors import UserError
 from digit_bench.pipeline import Node, ancestors, compute_spec, depth, run_dag
 
@@ -221,7 +221,7 @@ def collect_rows(plan: Plan, store: Store) -> tuple[list[dict], list[dict]]:
             row.update(_read_metrics(store, dag.get(role)))
         row.update(cost_columns(store, {r: n for r, n in dag.items() if not r.startswith(("ceiling", "real"))}))
         row["config"] = json.dumps(to_dict(run.cfg), sort_keys=True)
-        row.update({f"artifact.{role}": n.id for role, n in dag.items()})
+        row.update({f"artifacts.{role}": n.id for role, n in dag.items()})
         rows.append(row)
         for role in ("ceiling_metrics", "real_metrics"):
             node = dag.get(role)
@@ -238,10 +238,8 @@ def write_rows(store: Store, plan: Plan, rows: list[dict], failed: list[dict]) -
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.json"):
         old.unlink()
-    for row in rows:
+    for row in rows + failed:  # a failed run's file carries an "error" key
         (out / f"{row['run_id']}.json").write_text(json.dumps(row, indent=1, default=str))
-    (out / "failed.jsonl").write_text("".join(json.dumps(f, default=str) + "\n" for f in failed))
-    (out / "sweep.json").write_text(json.dumps({"swept_keys": list(plan.sweep.swept_keys), "path": plan.sweep.path}))
     return out
 
 
@@ -250,11 +248,12 @@ def _setup_logging(debug: bool = False) -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its AVX probing is noise
 
 
 def add_sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("yaml", help="sweep file, e.g. ablations/backbones.yaml")
-    p.add_argument("--profile", default=None, choices=PROFILES, help="smoke | tiny (default) | paper")
+    p.add_argument("--profile", default=None, help="smoke | tiny (default) | paper")
     p.add_argument("--root", default=None, help="artifact root (default $DIGIT_BENCH_ROOT or ./runs)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="dotted override, repeatable")
 

@@ -52,5 +52,6 @@ def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
                                  lrs=pc["lrs"], epochs=pc["epochs"], batch_size=pc["batch_size"],
                                  holdout_fraction=pc["holdout_fraction"], seed=cfg["seed"],
                                  num_classes=tok.manifest["num_classes"])
+    result["probe_curve"] = result.pop("probe_layer_top1")  # test top-1 per layer, embedding output first
     save_json(out / "metrics.json", result)
     return {"probe_top1": result["probe_top1"], "probe_layer": result["probe_layer"], **device_info()}

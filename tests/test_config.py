@@ -1,0 +1,104 @@
+"""Strict configs and sweep files: expansion counts, stable ids, errors that name key, file, line and choices."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from digit_bench.config import ExperimentConfig, Override, apply_overrides, load_sweep, run_id, to_dict
+from digit_bench.errors import UserError
+
+ABL = Path(__file__).resolve().parents[1] / "ablations"
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_include_grid_and_seeds_expand_to_the_product(tmp_path):
+    write(tmp_path, "base.yaml", "defaults:\n  tokenizer.k: 32\nprofiles:\n  smoke:\n    train.steps: 7\n")
+    p = write(tmp_path, "s.yaml", "include: base.yaml\ngrid:\n  tokenizer.k: [16, 32, 64]\n  gpt.size: [gpt-nano, gpt-micro]\nseeds: [0, 1]\n")
+    sweep = load_sweep(p, "smoke")
+    assert len(sweep.runs) == 3 * 2 * 2
+    assert {r.cfg.tokenizer.k for r in sweep.runs} == {16, 32, 64}
+    assert all(r.cfg.train.steps == 7 for r in sweep.runs)
+    assert len({r.run_id for r in sweep.runs}) == 12
+    assert sweep.swept_keys == ("tokenizer.k", "gpt.size", "seed")
+
+
+def test_union_of_grids(tmp_path):
+    p = write(tmp_path, "s.yaml", "grid:\n  - {generator: [digit], backbone.name: [random_vit, pixels]}\n  - {generator: [vqgan_ar, ldm]}\n")
+    sweep = load_sweep(p, "smoke")
+    assert [r.cfg.generator for r in sweep.runs] == ["digit", "digit", "vqgan_ar", "ldm"]
+
+
+def test_ids_are_stable_across_calls():
+    a = load_sweep(ABL / "backbones.yaml", "smoke")
+    b = load_sweep(ABL / "backbones.yaml", "smoke")
+    assert [r.run_id for r in a.runs] == [r.run_id for r in b.runs]
+
+
+def test_set_narrows_a_grid_key_and_overrides_others(tmp_path):
+    p = write(tmp_path, "s.yaml", "grid:\n  tokenizer.k: [16, 32]\n")
+    sweep = load_sweep(p, "smoke", ["tokenizer.k=32", "train.lr=0.5"])
+    assert [(r.cfg.tokenizer.k, r.cfg.train.lr) for r in sweep.runs] == [(32, 0.5)]
+
+
+LEAVES = [(k, v) for k, v in __import__("digit_bench.config", fromlist=["flatten"]).flatten(to_dict(ExperimentConfig())).items()
+          if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("name",) and not k.startswith("launcher.")]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(LEAVES), st.integers(1, 1000))
+def test_any_field_change_gives_a_new_id(leaf, delta):
+    key, value = leaf
+    base = ExperimentConfig()
+    changed = apply_overrides(base, [Override(key, value + delta, "test")])
+    point = {"seed": 0}
+    assert run_id(base, point) == run_id(ExperimentConfig(), point)
+    assert run_id(changed, point) != run_id(base, point)
+
+
+def test_launcher_does_not_change_the_run_id():
+    base = ExperimentConfig()
+    other = dataclasses.replace(base, launcher=dataclasses.replace(base.launcher, mem_gb=999))
+    assert run_id(base, {"seed": 0}) == run_id(other, {"seed": 0})
+
+
+@pytest.mark.parametrize("text, fragments", [
+    ("defaults:\n  tokenizer.kk: 3\n", ["s.yaml:2", "tokenizer.kk", "did you mean tokenizer.k?"]),
+    ("defaults:\n  tokeniser.k: 3\n", ["s.yaml:2", "did you mean tokenizer?"]),
+    ("defaults:\n  train.steps: many\n", ["s.yaml:2", "train.steps", "expected int"]),
+    ("defaults:\n  tokenizer.backend: faiss_gpu\n", ["tokenizer.backend", "choose one of: faiss, torch"]),
+    ("defaults:\n  train.batch_size: -4\n", ["s.yaml:2", "train.batch_size", "must be > 0"]),
+    ("defaults:\n  data.name: cifar\n", ["unknown dataset 'cifar'", "fashion_mnist"]),
+    ("grid: []\n", ["empty grid"]),
+    ("grid:\n  tokenizer.k: []\n", ["non-empty list"]),
+    ("include: nowhere.yaml\n", ["s.yaml:1", "included file not found"]),
+    ("gird:\n  tokenizer.k: [1]\n", ["unknown top-level key 'gird'", "did you mean grid?"]),
+    ("defaults: [\n", ["s.yaml:", "invalid YAML"]),
+    ("profiles:\n  smok: {}\n", ["unknown profile 'smok'", "did you mean smoke?"]),
+])
+def test_bad_sweep_files_name_the_cause(tmp_path, text, fragments):
+    p = write(tmp_path, "s.yaml", text)
+    with pytest.raises(UserError) as err:
+        load_sweep(p, "smoke")
+    msg = str(err.value)
+    assert "\n" not in msg
+    for f in fragments:
+        assert f in msg, msg
+
+
+def test_every_shipped_sweep_validates_in_every_profile():
+    files = sorted(ABL.glob("*.yaml")) + sorted((ABL.parent / "baselines").glob("*.yaml"))
+    for f in files:
+        if f.name.startswith("_"):
+            continue
+        for profile in ("smoke", "tiny", "paper"):
+            assert load_sweep(f, profile).runs, f

@@ -1,0 +1,60 @@
+"""Registered datasets: sizes, splits that never overlap, determinism, unreadable files skipped and counted."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from digit_bench.config import DataConfig
+from digit_bench.data import FASHION_MNIST_DEBIAN, fashion_mnist, folder, load_split
+from digit_bench.errors import UserError
+from digit_bench.registry import DATASETS
+
+
+def test_five_datasets_registered():
+    assert DATASETS.names() == ["digits", "fashion_mnist", "folder", "imagenet", "synthetic"]
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DEBIAN.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_mnist_from_debian_files():
+    raw = fashion_mnist(None, 32)
+    assert len(raw.train) == 60_000 and len(raw.test) == 10_000
+    assert raw.train.images[:3].shape == (3, 32, 32, 3) and raw.train.images.array.dtype == np.uint8
+    assert sorted(np.unique(raw.train.labels)) == list(range(10)) and raw.train.num_classes == 10
+    assert np.bincount(raw.test.labels).tolist() == [1000] * 10
+
+
+def test_splits_are_deterministic_and_disjoint():
+    cfg = DataConfig(name="synthetic", num_val=300, num_train=500, num_test=100)
+    tr, va, te = (load_split(cfg, s) for s in ("train", "val", "test"))
+    assert (len(tr), len(va), len(te)) == (500, 300, 100)
+    again = load_split(cfg, "train")
+    assert np.array_equal(tr.images[:], again.images[:]) and np.array_equal(tr.labels, again.labels)
+    rows = {a.tobytes() for a in tr.images[:]}
+    assert not any(a.tobytes() in rows for a in va.images[:])
+
+
+def test_digits_are_rgb_at_the_profile_size():
+    te = load_split(DataConfig(name="digits", image_size=16, num_val=100), "test")
+    assert te.images[:2].shape == (2, 16, 16, 3) and te.num_classes == 10
+
+
+def test_folder_skips_unreadable_files_and_counts_them(tmp_path, caplog):
+    for c in ("cat", "dog"):
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            Image.fromarray(np.full((20, 30, 3), 40 * i, np.uint8)).save(tmp_path / c / f"{i}.png")
+    (tmp_path / "dog" / "broken.png").write_bytes(b"not a png")
+    raw = folder(str(tmp_path), 16, test_fraction=0.34)
+    assert len(raw.train) + len(raw.test) == 6
+    assert raw.train.skipped == [str(tmp_path / "dog" / "broken.png")]
+    assert "broken.png" in caplog.text
+    assert raw.train.images[:1].shape == (1, 16, 16, 3)
+
+
+def test_folder_without_readable_images_is_a_user_error(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.jpg").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="no readable images"):
+        folder(str(tmp_path), 16)
