@@ -85,9 +85,10 @@ def config_columns(df: pd.DataFrame) -> list[str]:
 
 
 def metric_columns(df: pd.DataFrame, keys: list[str]) -> list[str]:
-    """Numeric columns that measure something, in display order (per-run confidence bounds stay in the CSV)."""
+    """Numeric columns that measure something, in display order (per-run bounds, IS split std and chosen lrs stay in
+    the CSV)."""
     skip = {*keys, *config_columns(df), *NOT_METRICS, *FLAGS}
-    cols = [c for c in df.columns if c not in skip and not c.endswith(("_ci_low", "_ci_high"))
+    cols = [c for c in df.columns if c not in skip and not c.endswith(("_ci_low", "_ci_high", "_std", "_lr"))
             and pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])]
     return sorted(cols, key=_display_key)
 

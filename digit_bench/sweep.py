@@ -13,10 +13,12 @@ Design from DESIGN.md §6 and the hydra submitit plugin's resource schema (no hy
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
 import os
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -69,15 +71,23 @@ def describe(plan: Plan, store: Store) -> str:
 
 # ------------------------------------------------------------------------------------------------- executors
 class StageJob:
-    """A submitit job computing one artifact; requeued on preemption, it resumes from the artifact's work dir."""
+    """A submitit job computing one artifact; requeued on preemption, it resumes from the artifact's work dir.
+
+    Returns {"path": the published directory}, or {"user_error": message} for a mistake that fails the same way on
+    every try (the sweep reports it without retrying); any other exception fails the job, and the sweep retries it.
+    """
 
     def __init__(self, root: str):
         self.root = root
 
-    def __call__(self, spec: dict) -> str:
+    def __call__(self, spec: dict) -> dict:
         _setup_logging()
         distributed_setup()
-        return str(compute_spec(Store(self.root), spec, log=log.info).path)
+        try:
+            return {"path": str(compute_spec(Store(self.root), spec, log=log.info).path)}
+        except UserError as e:
+            log.error("%s/%s: %s", spec["stage"], spec["id"], e)
+            return {"user_error": f"{type(e).__name__}: {e}"}
 
     def checkpoint(self, spec: dict):
         """submitit calls this on preemption/time-out: resubmit the same job (training resumes from ckpt.pt)."""
@@ -101,73 +111,85 @@ def distributed_setup() -> None:
 
 
 def executor_for(cluster: str, launcher: LauncherConfig, folder: Path, training: bool):
+    """A submitit executor for `local` or `slurm` with the launcher block's resources (training jobs get all tasks)."""
     import submitit
 
-    ex = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+    ex = submitit.AutoExecutor(folder=str(folder), cluster=cluster, slurm_max_num_timeout=launcher.max_num_timeout,
+                               local_max_num_timeout=launcher.max_num_timeout)
     params = dict(timeout_min=launcher.timeout_min)
     if cluster == "slurm":
         extra = {k: v for k, v in (("account", launcher.account), ("qos", launcher.qos)) if v}
-        params.update(slurm_partition=launcher.partition, gpus_per_node=launcher.gpus_per_node,
-                      cpus_per_task=launcher.cpus_per_task, mem_gb=launcher.mem_gb,
-                      slurm_array_parallelism=launcher.array_parallelism, slurm_max_num_timeout=launcher.max_num_timeout,
-                      tasks_per_node=launcher.tasks_per_node if training else 1,
+        params.update(slurm_partition=launcher.partition, gpus_per_node=launcher.gpus_per_node or None,
+                      tasks_per_node=launcher.tasks_per_node if training else 1, cpus_per_task=launcher.cpus_per_task,
+                      mem_gb=launcher.mem_gb, slurm_array_parallelism=launcher.array_parallelism,
                       slurm_additional_parameters=extra)
-        params = {k: v for k, v in params.items() if v is not None}
-    ex.update_parameters(**params)
+    ex.update_parameters(**params)  # None means unset
     return ex
 
 
+USER_ERROR = "UserError (not retried): "
+
+
 def execute(plan: Plan, store: Store, cluster: str, launcher: LauncherConfig) -> None:
-    """Compute every node wave by wave; failures are recorded in plan.failed and block only their descendants."""
+    """Compute every node wave by wave; failures are recorded in plan.failed and block only their descendants.
+
+    A failed node is retried `launcher.max_retries` times, except for user errors (they fail the same way again).
+    """
     for i, wave in enumerate(plan.waves):
-        todo = [n for n in wave if store.lookup(n.stage, n.id) is None
-                and not any(p.key in plan.failed for p in n.parents.values())]
+        todo = []
         for n in wave:
             if any(p.key in plan.failed for p in n.parents.values()):
-                plan.failed.setdefault(n.key, "skipped: a parent artifact failed")
+                plan.failed[n.key] = "skipped: a parent artifact failed"
+            elif store.lookup(n.stage, n.id) is None:
+                todo.append(n)
         if not todo:
             continue
         log.info("wave %d/%d: %d to compute (%s)", i + 1, len(plan.waves), len(todo),
                  ", ".join(sorted({n.stage for n in todo})))
         for attempt in range(1 + launcher.max_retries):
             errors = _run_wave(todo, store, cluster, launcher)
-            todo = [n for n in todo if n.key in errors]
+            plan.failed.update({k: e for k, e in errors.items() if e.startswith(USER_ERROR)})
+            todo = [n for n in todo if n.key in errors and n.key not in plan.failed]
             if not todo:
                 break
             log.warning("wave %d: %d failed (attempt %d/%d)", i + 1, len(todo), attempt + 1, 1 + launcher.max_retries)
-        for n in todo:
-            plan.failed[n.key] = errors[n.key]
+        plan.failed.update({n.key: errors[n.key] for n in todo})
 
 
 def _run_wave(nodes: list[Node], store: Store, cluster: str, launcher: LauncherConfig) -> dict[tuple, str]:
-    errors: dict[tuple, str] = {}
+    """Compute `nodes` (one wave) on `cluster`; returns node key -> error text (a traceback or log tail)."""
+    job_fn = StageJob(str(store.root))
+    outcomes: dict[tuple, dict] = {}
     if cluster == "debug":
         for n in nodes:
             try:
-                compute_spec(store, n.spec(), log=log.info)
+                outcomes[n.key] = job_fn(n.spec())
             except Exception as e:  # noqa: BLE001 - any stage failure is recorded, the sweep goes on
-                if isinstance(e, KeyboardInterrupt):
-                    raise
-                errors[n.key] = "".join(traceback.format_exception(e))[-2000:]
-                log.error("%s/%s failed: %s", n.stage, n.id, e)
-        return errors
-    folder = store.root / "submitit" / time.strftime("%Y%m%d-%H%M%S")
-    batches = ([nodes[i:i + launcher.local_workers] for i in range(0, len(nodes), launcher.local_workers)]
-               if cluster == "local" else [nodes])
-    for batch in batches:
-        jobs = []
-        for training in (False, True):
-            group = [n for n in batch if (n.stage in TRAINING_STAGES) == training]
-            if group:
-                ex = executor_for(cluster, launcher, folder, training)
-                jobs += list(zip(group, ex.map_array(StageJob(str(store.root)), [n.spec() for n in group])))
-        for n, job in jobs:
-            try:
-                job.result()
-            except Exception as e:  # noqa: BLE001 - submitit raises FailedJobError/UncompletedJobError and others
-                tail = (job.stderr() or "")[-2000:] if hasattr(job, "stderr") else ""
-                errors[n.key] = f"{type(e).__name__}: {str(e)[-500:]}\n{tail}"
-                log.error("%s/%s failed (job %s)", n.stage, n.id, job.job_id)
+                outcomes[n.key] = {"error": "".join(traceback.format_exception(e))[-2000:]}
+    else:
+        (store.root / "submitit").mkdir(parents=True, exist_ok=True)
+        # a fresh folder per wave and attempt: submitit trusts an existing <job id>_result.pkl, and ids get reused
+        folder = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=store.root / "submitit"))
+        size = launcher.local_workers if cluster == "local" else len(nodes)
+        for batch in (nodes[i:i + size] for i in range(0, len(nodes), size)):
+            jobs = []
+            for training in (False, True):
+                group = [n for n in batch if (n.stage in TRAINING_STAGES) == training]
+                if group:
+                    ex = executor_for(cluster, launcher, folder, training)
+                    jobs += list(zip(group, ex.map_array(job_fn, [n.spec() for n in group])))
+            for n, job in jobs:
+                try:
+                    outcomes[n.key] = job.result()
+                except Exception as e:  # noqa: BLE001 - submitit raises FailedJobError/UncompletedJobError and others
+                    outcomes[n.key] = {"error": f"{type(e).__name__} (job {job.job_id}): {str(e)[-500:]}\n"
+                                                f"{(job.stderr() or '')[-1500:]}"}
+    errors = {}
+    for n in nodes:
+        out = outcomes[n.key]
+        if "path" not in out:
+            errors[n.key] = USER_ERROR + out["user_error"] if "user_error" in out else out["error"]
+            log.error("%s/%s failed: %s", n.stage, n.id, errors[n.key].strip().splitlines()[-1])
     return errors
 
 
@@ -203,18 +225,26 @@ def cost_columns(store: Store, dag: dict[str, Node]) -> dict:
 
 
 def collect_rows(plan: Plan, store: Store) -> tuple[list[dict], list[dict]]:
-    """One flat row per run (plus ceiling rows), and the failures."""
+    """One flat row per run (plus ceiling rows), and the failures (a run, or a ceiling that could not be computed)."""
     rows, failed, seen_ceilings = [], [], set()
     for run in plan.sweep.runs:
         dag = plan.dags[run.run_id]
         base = {"run_id": run.run_id, "sweep": plan.sweep.name, "profile": plan.sweep.profile, "seed": run.cfg.seed,
                 "generator": run.cfg.generator, **{k: v for k, v in run.point.items()}}
+        for role in ("ceiling_metrics", "real_metrics"):
+            node = dag.get(role)
+            if node is None or node.id in seen_ceilings:
+                continue
+            seen_ceilings.add(node.id)
+            m = _read_metrics(store, node)
+            ceiling = {"run_id": node.id, "sweep": plan.sweep.name, "profile": plan.sweep.profile, "seed": 0}
+            if m:
+                rows.append({**ceiling, "generator": m.get("label", role), "row_kind": "ceiling", **m})
+            else:
+                failed.append(_failure(plan, node, {**ceiling, "generator": role}))
         metrics = _read_metrics(store, dag["metrics"])
         if not metrics:
-            key = dag["metrics"].key
-            bad = [(n, plan.failed[n.key]) for n in ancestors([dag["metrics"]]) if n.key in plan.failed]
-            n, err = bad[0] if bad else (dag["metrics"], plan.failed.get(key, "not computed"))
-            failed.append({**base, "stage": n.stage, "artifact": n.id, "error": err[-800:]})
+            failed.append(_failure(plan, dag["metrics"], base))
             continue
         row = {**base, "row_kind": "run", **metrics}
         for role in ("tokenizer_metrics", "probe"):
@@ -223,14 +253,14 @@ def collect_rows(plan: Plan, store: Store) -> tuple[list[dict], list[dict]]:
         row["config"] = json.dumps(to_dict(run.cfg), sort_keys=True)
         row.update({f"artifacts.{role}": n.id for role, n in dag.items()})
         rows.append(row)
-        for role in ("ceiling_metrics", "real_metrics"):
-            node = dag.get(role)
-            m = _read_metrics(store, node)
-            if m and node.id not in seen_ceilings:
-                seen_ceilings.add(node.id)
-                rows.append({"run_id": node.id, "sweep": plan.sweep.name, "profile": plan.sweep.profile, "seed": 0,
-                             "generator": m.get("label", role), "row_kind": "ceiling", **m})
     return rows, failed
+
+
+def _failure(plan: Plan, sink: Node, base: dict) -> dict:
+    """The failure record of a row whose sink is missing: the first failed node above it and its error tail."""
+    bad = [(n, plan.failed[n.key]) for n in ancestors([sink]) if n.key in plan.failed]
+    n, err = bad[0] if bad else (sink, "not computed")
+    return {**base, "stage": n.stage, "artifact": n.id, "error": err[-800:]}
 
 
 def write_rows(store: Store, plan: Plan, rows: list[dict], failed: list[dict]) -> Path:
@@ -271,15 +301,22 @@ def run_sweep(args: argparse.Namespace) -> dict:
     t0 = time.time()
     execute(plan, store, cluster, launcher)
     rows, failed = collect_rows(plan, store)
-    rdir = write_rows(store, plan, rows, failed)
-    from digit_bench.report import report_from_dir
-
     out_dir = Path(args.results) / sweep.name / sweep.profile
-    report_from_dir(rdir, out_dir, sweep.name, sweep.profile, Path(__file__).resolve().parents[1] / "baselines" / "published.csv")
+    rdir = rows_dir(store, sweep.name, sweep.profile)
+    rdir.mkdir(parents=True, exist_ok=True)
+    with open(rdir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # sweeps of one name sharing a root write their rows and report in turn
+        write_rows(store, plan, rows, failed)
+        if rows:
+            from digit_bench.report import report_from_dir
+
+            report_from_dir(rdir, out_dir, sweep.name, sweep.profile,
+                            Path(__file__).resolve().parents[1] / "baselines" / "published.csv")
     for f in failed:
-        log.error("FAILED run %s at %s/%s:\n%s", f["run_id"], f["stage"], f["artifact"], f["error"])
+        log.error("FAILED %s at %s/%s:\n%s", f["run_id"], f["stage"], f["artifact"], f["error"])
     log.info("results: %s/table.md and %s/index.html", out_dir, out_dir)
-    return {"sweep": sweep.name, "profile": sweep.profile, "runs": len(sweep.runs), "ok": len(sweep.runs) - len(failed),
+    n_ok = sum(r["row_kind"] == "run" for r in rows)
+    return {"sweep": sweep.name, "profile": sweep.profile, "runs": len(sweep.runs), "ok": n_ok,
             "failed": len(failed), "wall_s": round(time.time() - t0, 1), "table": str(out_dir / "table.md"),
             "index": str(out_dir / "index.html")}
 
@@ -295,11 +332,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit 0 when every run finished, 1 when some failed (listed in the report's failed.md), 2 on a user error."""
     from digit_bench.cli import guarded
 
     args = build_parser().parse_args(argv)
     _setup_logging()
-    return guarded(lambda: run_sweep(args), args.debug)
+    summary: dict = {}
+
+    def sweep() -> dict:
+        summary.update(run_sweep(args))
+        return summary
+
+    code = guarded(sweep, args.debug)
+    return 1 if code == 0 and summary.get("failed") else code
 
 
 if __name__ == "__main__":
