@@ -1,0 +1,307 @@
+"""The one training loop every trained model uses (GPTs, VQGAN, SSL backbones, LDM parts, the local FD classifier).
+
+`fit(model, loss_fn, batch_fn, cfg, work_dir, seed=...)` trains `model` in place for `cfg.steps` updates:
+- one AdamW per parameter group (decoupled weight decay on tensors with >= 2 dims, i.e. weight matrices and
+  embedding tables; none on biases and norm gains), each with a LambdaLR of linear warmup then inverse_sqrt (fairseq,
+  paper §2.3) | cosine | constant;
+- gradient accumulation over the micro-batches `batch_fn` returns for a step, clipping, optional EMA of the weights;
+- `work_dir/ckpt.pt` every `cfg.checkpoint_every` updates and at the end, `work_dir/log.jsonl` one line per update,
+  a tqdm bar on stderr; a non-finite loss or gradient raises `TrainingDiverged` and leaves the last good ckpt.pt.
+
+Exact resume: `batch_fn` is a pure function of (seed, step), and the loop reseeds torch's global generator (dropout,
+label dropout) from (seed, step, rank) before every update, so randomness never depends on where a run started.
+With model, EMA, optimizer and scheduler states restored from ckpt.pt, a killed-and-resumed run ends bit-identical
+(on CPU) to an uninterrupted one; this is why ckpt.pt stores no RNG states.
+
+Data parallel when torch.distributed is initialized (gloo on CPU, nccl on GPU): rank 0's weights are broadcast at
+the start, each rank backpropagates its own micro-batches, and each group's gradients are averaged with one
+all_reduce before clipping. This is DDP's arithmetic without its reducer, which assumes one backward per forward and
+so does not fit multi-group (GAN) losses. Rank 0 writes the files.
+
+Ideas from: karpathy/nanoGPT train.py (MIT; loop, weight-decay split, MFU bookkeeping), facebookresearch/fairseq
+(MIT; inverse_sqrt schedule), facebookresearch/DiT train.py (EMA update).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import LambdaLR
+from tqdm import tqdm
+
+from digit_bench.config import TrainConfig
+from digit_bench.errors import UserError
+
+LossFn = Callable[[nn.Module, Any], tuple[dict[str, Tensor], dict[str, float]]]
+BatchFn = Callable[[int, int, int], Any]
+
+
+class TrainingDiverged(UserError):
+    """The loss or gradient became NaN/inf; the message names the step, and the last good ckpt.pt is kept."""
+
+
+def lr_multiplier(cfg: TrainConfig) -> Callable[[int], float]:
+    """Factor on cfg.lr for the update that follows `step` completed ones (LambdaLR's argument).
+
+    Linear warmup (step + 1) / warmup_steps, reaching 1 at update `warmup_steps`, then inverse_sqrt
+    sqrt(warmup_steps / step) (fairseq), cosine decay towards 0 at cfg.steps, or constant 1.
+    """
+    warmup = cfg.warmup_steps
+
+    def multiplier(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.schedule == "inverse_sqrt":
+            return math.sqrt(max(warmup, 1) / max(step, 1))
+        if cfg.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, cfg.steps - warmup)))
+        return 1.0
+
+    return multiplier
+
+
+def save_checkpoint(path: Path, obj: dict) -> None:
+    """torch.save to a temporary file beside `path`, then os.replace: a reader never sees a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a checkpoint onto the CPU with weights_only=True (tensors and plain containers only)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def device_for(precision: str) -> torch.device:
+    """The current CUDA device if there is one, else the CPU; bf16 asked on a GPU without bf16 is a UserError."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise UserError("train precision bf16 asked on a GPU without bf16 support; set precision: fp32 or auto")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def fit(model: nn.Module, loss_fn: LossFn, batch_fn: BatchFn, cfg: TrainConfig, work_dir: Path, *, seed: int,
+        param_groups: Optional[dict[str, list[nn.Parameter]]] = None,
+        after_step: Optional[Callable[[nn.Module, int], None]] = None, desc: str = "train") -> dict:
+    """Train `model` in place for cfg.steps updates, resuming from work_dir/ckpt.pt when it exists.
+
+    Args:
+        loss_fn: (model, micro_batch) -> ({group: loss}, {name: float to log}); one loss per parameter group.
+        batch_fn: (step, rank, world_size) -> list of cfg.grad_accum micro-batches (tensors, or tuples/lists/dicts
+            of tensors, moved to the device here); must be a pure function of (seed, step) for exact resume.
+        cfg: optimizer, schedule, accumulation, clipping, EMA, checkpoint and precision settings.
+        work_dir: holds ckpt.pt and log.jsonl; created if missing.
+        seed: seeds each update's dropout randomness together with the step and rank.
+        param_groups: one AdamW + scheduler per name; None = {"main": every trainable parameter}.
+        after_step: called as after_step(model, completed_updates) after each update (e.g. an EMA teacher).
+        desc: progress-bar label.
+
+    Returns:
+        steps, start_step, losses (the last update's "loss/<group>" values and loss_fn's logged scalars, averaged
+        over micro-batches and ranks), wall_s, items_per_s,
+        tokens_per_s (None unless micro-batches start with an integer tensor of token ids).
+    """
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path, log_path = work_dir / "ckpt.pt", work_dir / "log.jsonl"
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    device = device_for(cfg.precision)
+    model.to(device)
+
+    groups = {name: [p for p in params if p.requires_grad]
+              for name, params in (param_groups or {"main": list(model.parameters())}).items()}
+    optimizers = {name: _adamw(params, cfg, device) for name, params in groups.items()}
+    schedulers = {name: LambdaLR(opt, lr_multiplier(cfg)) for name, opt in optimizers.items()}
+    ema = {k: v.detach().clone() for k, v in model.state_dict().items()} if cfg.ema > 0 else None
+
+    step = 0
+    if ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path)
+        model.load_state_dict(ckpt["model"])
+        for name in groups:
+            optimizers[name].load_state_dict(ckpt["optimizer"][name])
+            schedulers[name].load_state_dict(ckpt["scheduler"][name])
+        if ema is not None:
+            ema = {k: v.to(device) for k, v in ckpt["ema"].items()}
+        step = ckpt["step"]
+        if rank == 0:
+            _truncate_log(log_path, step)
+    elif distributed:
+        for tensor in model.state_dict().values():
+            dist.broadcast(tensor, src=0)
+
+    def checkpoint() -> None:
+        if rank == 0:
+            save_checkpoint(ckpt_path, {
+                "model": model.state_dict(),
+                **({"ema": ema} if ema is not None else {}),
+                "optimizer": {name: opt.state_dict() for name, opt in optimizers.items()},
+                "scheduler": {name: sched.state_dict() for name, sched in schedulers.items()},
+                "step": step, "seed": seed, "config": dataclasses.asdict(cfg),
+            })
+
+    bf16 = device.type == "cuda" and cfg.precision != "fp32"
+    start_step, tokens_per_item, losses = step, None, {}
+    log_file = open(log_path, "a") if rank == 0 else None
+    # rank 0 only; leaving `disable` unset there lets TQDM_DISABLE=1 silence the bar (tests)
+    bar = tqdm(total=cfg.steps, initial=step, desc=desc, file=sys.stderr, dynamic_ncols=True,
+               **({} if rank == 0 else {"disable": True}))
+    model.train()
+    t_start = time.perf_counter()
+    try:
+        while step < cfg.steps:
+            t_step = time.perf_counter()
+            torch.manual_seed(int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0]))
+            micro_batches = batch_fn(step, rank, world)
+            if len(micro_batches) != cfg.grad_accum:
+                raise UserError(f"batch_fn gave {len(micro_batches)} micro-batches for step {step}; "
+                                f"train.grad_accum is {cfg.grad_accum}: make them agree")
+            if tokens_per_item is None:
+                tokens_per_item = _tokens_per_item(micro_batches[0])
+            for opt in optimizers.values():
+                opt.zero_grad(set_to_none=True)
+            sums: dict[str, float] = {}
+            for micro_batch in micro_batches:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    group_losses, logs = loss_fn(model, _to_device(micro_batch, device))
+                if set(group_losses) != set(groups):
+                    raise UserError(f"loss_fn returned losses {sorted(group_losses)} but the parameter groups are "
+                                    f"{sorted(groups)}; return one loss per group")
+                _accumulate_grads(group_losses, groups, scale=1.0 / len(micro_batches))
+                for name, value in [*((f"loss/{k}", v.item()) for k, v in group_losses.items()), *logs.items()]:
+                    sums[name] = sums.get(name, 0.0) + float(value) / len(micro_batches)
+            losses = _mean_over_ranks(sums, device, world) if distributed else sums
+            norms = {}
+            for name, params in groups.items():
+                for p in params:  # a parameter its loss never reached: zero, so every rank reduces the same tensors
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                if distributed:
+                    _average_over_ranks([p.grad for p in params], world)
+                max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+                norms[f"grad_norm/{name}"] = nn.utils.clip_grad_norm_(params, max_norm).item()
+            checked = {**{k: v for k, v in losses.items() if k.startswith("loss/")}, **norms}
+            if not all(math.isfinite(v) for v in checked.values()):
+                raise TrainingDiverged(f"{desc}: non-finite {checked} at step {step + 1}, not applied; {ckpt_path} "
+                                       f"holds the last good checkpoint; lower train.lr or raise train.warmup_steps")
+            record = {"step": step + 1, **norms}
+            for name in groups:
+                record[f"lr/{name}"] = schedulers[name].get_last_lr()[0]
+                optimizers[name].step()
+                schedulers[name].step()
+            step += 1
+            if ema is not None:
+                _update_ema(ema, model, cfg.ema)
+            if after_step is not None:
+                after_step(model, step)
+            record.update(losses, items_per_s=cfg.batch_size / (time.perf_counter() - t_step))
+            if log_file is not None:
+                log_file.write(json.dumps(record) + "\n")
+                log_file.flush()
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items() if k.startswith("loss/")}, refresh=False)
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                checkpoint()
+    finally:
+        bar.close()
+        if log_file is not None:
+            log_file.close()
+    wall_s = time.perf_counter() - t_start
+    items_per_s = cfg.batch_size * (step - start_step) / wall_s if step > start_step else None
+    return {
+        "steps": step, "start_step": start_step, "losses": losses, "wall_s": wall_s, "items_per_s": items_per_s,
+        "tokens_per_s": items_per_s * tokens_per_item if items_per_s and tokens_per_item else None,
+    }
+
+
+def _adamw(params: list[nn.Parameter], cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with decoupled weight decay on >= 2-dim tensors (matrices, embeddings) and none on biases/norms."""
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=cfg.lr, betas=tuple(cfg.betas), fused=device.type == "cuda")
+
+
+def _accumulate_grads(losses: dict[str, Tensor], groups: dict[str, list[nn.Parameter]], scale: float) -> None:
+    """Add d(scale * loss_g)/d(params_g) to .grad for each group g, and nothing to other groups' parameters.
+
+    A GAN's generator loss also reaches the discriminator's weights; `backward(inputs=...)` accumulates each loss's
+    gradient only into its own group, so the groups stay apart.
+    """
+    names = list(losses)
+    for i, name in enumerate(names):
+        (losses[name] * scale).backward(inputs=groups[name], retain_graph=i < len(names) - 1)
+
+
+def _average_over_ranks(grads: list[Tensor], world: int) -> None:
+    """Average gradients over ranks in place with one all_reduce of their concatenation."""
+    flat = torch.cat([g.flatten() for g in grads])  # (sum of numels,)
+    dist.all_reduce(flat)
+    flat /= world
+    for g, chunk in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(chunk.view_as(g))
+
+
+def _mean_over_ranks(values: dict[str, float], device: torch.device, world: int) -> dict[str, float]:
+    """Average logged scalars over ranks (every rank then agrees on whether training diverged)."""
+    names = sorted(values)
+    t = torch.tensor([values[k] for k in names], dtype=torch.float64, device=device)  # (n,)
+    dist.all_reduce(t)
+    return {k: v / world for k, v in zip(names, t.tolist())}
+
+
+@torch.no_grad()
+def _update_ema(ema: dict[str, Tensor], model: nn.Module, decay: float) -> None:
+    """Step the EMA weights towards the model's (floating tensors); copy integer buffers."""
+    for name, value in model.state_dict().items():
+        if value.is_floating_point():
+            ema[name].lerp_(value, 1.0 - decay)
+        else:
+            ema[name].copy_(value)
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    """Move the tensors of a micro-batch (a tensor, or a tuple/list/dict of them) to `device`."""
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _tokens_per_item(micro_batch: Any) -> Optional[int]:
+    """Tokens per sequence when the micro-batch is (or starts with) an integer (B, T) tensor of token ids."""
+    first = micro_batch
+    while isinstance(first, (tuple, list, dict)) and len(first):
+        first = next(iter(first.values())) if isinstance(first, dict) else first[0]
+    if isinstance(first, Tensor) and first.dim() == 2 and not first.is_floating_point():
+        return first.shape[1]
+    return None
+
+
+def _truncate_log(log_path: Path, step: int) -> None:
+    """Drop log lines of updates after `step` (written by a run that died before its next checkpoint)."""
+    if not log_path.exists():
+        return
+    complete = log_path.read_text().split("\n")[:-1]  # a line cut off by the crash has no newline yet
+    lines = [line for line in complete if json.loads(line)["step"] <= step]
+    tmp = log_path.with_name(f"{log_path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    os.replace(tmp, log_path)

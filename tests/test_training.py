@@ -1,0 +1,183 @@
+"""fit(): exact resume, divergence keeps the checkpoint, 2-process gloo data parallel equals one process, lr schedule,
+multi-group (GAN-style) training."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from digit_bench import training
+from digit_bench.config import TrainConfig
+from digit_bench.models.gpt import GPT, GPTConfig
+from digit_bench.training import TrainingDiverged, fit, load_checkpoint, lr_multiplier
+
+V, T, N = 16, 8, 64
+DATA = torch.randint(0, V, (N, T), generator=torch.Generator().manual_seed(0))
+
+
+def cpu(precision: str) -> torch.device:
+    return torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def cpu_only(monkeypatch):
+    """fit picks CUDA when there is one; pin it to the CPU, where bit-exact resume is guaranteed."""
+    monkeypatch.setattr(training, "device_for", cpu)
+
+
+def tiny_gpt(init_seed: int = 0, dropout: float = 0.1) -> GPT:
+    torch.manual_seed(init_seed)
+    return GPT(GPTConfig(vocab_size=V, seq_len=T, n_layer=2, n_head=2, n_embd=32, n_ffn=64, dropout=dropout))
+
+
+def train_cfg(**overrides) -> TrainConfig:
+    cfg = dict(steps=10, batch_size=8, grad_accum=2, lr=3e-3, warmup_steps=3, checkpoint_every=4, ema=0.9)
+    return TrainConfig(**{**cfg, **overrides})
+
+
+def batches(cfg: TrainConfig, seed: int = 0):
+    """batch_fn: a pure function of (seed, step); rank r of w takes its slice of the global batch."""
+    def batch_fn(step, rank, world):
+        rows = torch.randperm(N, generator=torch.Generator().manual_seed(seed * 100_003 + step))[:cfg.batch_size]
+        mine = rows.view(world, -1)[rank]  # (batch_size / world,)
+        return list(DATA[mine].chunk(cfg.grad_accum))  # grad_accum x (B_micro, T)
+    return batch_fn
+
+
+def gpt_loss(label_smoothing: float):
+    return lambda model, idx: ({"main": model.loss(idx, label_smoothing=label_smoothing)}, {})
+
+
+def test_killed_and_resumed_run_is_bit_identical(tmp_path):
+    cfg = train_cfg()
+    straight = tiny_gpt()
+    fit(straight, gpt_loss(0.1), batches(cfg), cfg, tmp_path / "a", seed=3)
+
+    def crash_after_6(model, step):
+        if step == 6:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        fit(tiny_gpt(), gpt_loss(0.1), batches(cfg), cfg, tmp_path / "b", seed=3, after_step=crash_after_6)
+    assert load_checkpoint(tmp_path / "b" / "ckpt.pt")["step"] == 4
+    resumed = tiny_gpt(init_seed=1)  # different init: everything must come from the checkpoint
+    stats = fit(resumed, gpt_loss(0.1), batches(cfg), cfg, tmp_path / "b", seed=3)
+
+    assert stats["start_step"] == 4 and stats["steps"] == 10
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    ema_a = load_checkpoint(tmp_path / "a" / "ckpt.pt")["ema"]
+    ema_b = load_checkpoint(tmp_path / "b" / "ckpt.pt")["ema"]
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+    assert not torch.equal(ema_a["head.weight"], straight.head.weight.detach())
+    log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 11))
+    assert math.isfinite(log[-1]["loss/main"]) and log[-1]["items_per_s"] > 0
+
+
+def test_non_finite_loss_raises_and_keeps_last_checkpoint(tmp_path):
+    cfg = train_cfg(checkpoint_every=2, ema=0.0)
+    calls = []
+
+    def loss_fn(model, idx):
+        calls.append(1)
+        poison = math.nan if len(calls) > 2 * 4 else 1.0  # grad_accum 2: update 5 is poisoned
+        return {"main": model.loss(idx) * poison}, {}
+
+    model = tiny_gpt()
+    with pytest.raises(TrainingDiverged, match="step 5"):
+        fit(model, loss_fn, batches(cfg), cfg, tmp_path, seed=0)
+    ckpt = load_checkpoint(tmp_path / "ckpt.pt")
+    assert ckpt["step"] == 4
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # the poisoned update was never applied
+
+
+def _ddp_worker(rank: int, world: int, tmp: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    training.device_for = cpu  # a fresh process: the fixture's patch does not reach it
+    cfg = train_cfg(steps=2, grad_accum=1, ema=0.0)
+    model = tiny_gpt(init_seed=rank, dropout=0.0)  # rank 1 starts different: rank 0's weights must be broadcast
+    grads = {}
+    fit(model, gpt_loss(0.1), batches(cfg), cfg, f"{tmp}/ddp", seed=0,
+        after_step=lambda m, step: grads.setdefault(step, {n: p.grad.clone() for n, p in m.named_parameters()}))
+    torch.save({"model": model.state_dict(), "grads": grads[1]}, f"{tmp}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_two_process_gloo_equals_one_process_on_the_combined_batch(tmp_path):
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+    cfg = train_cfg(steps=2, grad_accum=1, ema=0.0)
+    single = tiny_gpt(init_seed=0, dropout=0.0)
+    grads = {}
+    fit(single, gpt_loss(0.1), batches(cfg), cfg, tmp_path / "single", seed=0,
+        after_step=lambda m, step: grads.setdefault(step, {n: p.grad.clone() for n, p in m.named_parameters()}))
+    for rank in (0, 1):
+        out = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        for name, g in grads[1].items():
+            torch.testing.assert_close(out["grads"][name], g, rtol=0, atol=1e-6)
+        for name, w in single.state_dict().items():
+            got = out["model"][name]
+            if name.endswith("qkv.bias"):
+                # NOTE: key biases have an exactly-zero true gradient (softmax is shift invariant) and Adam turns
+                # their float noise into +-lr steps; compare the query and value biases only.
+                got, w = torch.cat([got[:32], got[64:]]), torch.cat([w[:32], w[64:]])
+            torch.testing.assert_close(got, w, rtol=0, atol=1e-6)
+
+
+def test_lr_schedules():
+    for schedule, expected in {
+        "inverse_sqrt": {0: 0.25, 3: 1.0, 4: 1.0, 16: 0.5, 64: 0.25},
+        "cosine": {0: 0.25, 3: 1.0, 4: 1.0, 12: 0.5, 19: 0.5 * (1 + math.cos(math.pi * 15 / 16))},
+        "constant": {0: 0.25, 2: 0.75, 4: 1.0, 19: 1.0},
+    }.items():
+        multiplier = lr_multiplier(TrainConfig(steps=20, warmup_steps=4, schedule=schedule))
+        for step, value in expected.items():
+            assert multiplier(step) == pytest.approx(value), (schedule, step)
+
+
+def test_fit_applies_the_schedule_it_logs(tmp_path):
+    cfg = train_cfg(steps=6, warmup_steps=2, schedule="inverse_sqrt", ema=0.0)
+    fit(tiny_gpt(), gpt_loss(0.1), batches(cfg), cfg, tmp_path, seed=0)
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["lr/main"] for r in log] == pytest.approx([cfg.lr * lr_multiplier(cfg)(s) for s in range(6)])
+
+
+class Gan(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.gen, self.disc = nn.Linear(4, 4), nn.Linear(4, 1)
+
+
+@pytest.mark.parametrize("disc_learns", [True, False])
+def test_multi_group_fit_steps_each_optimizer_on_its_own_loss(tmp_path, disc_learns):
+    model = Gan()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def loss_fn(m, z):
+        fake = m.gen(z)  # (B, 4)
+        gen_loss = -m.disc(fake).mean()  # also reaches the discriminator's weights
+        disc_loss = m.disc(fake.detach()).mean() + (m.disc(z + 1.0) - 1).pow(2).mean()
+        if not disc_learns:
+            disc_loss = disc_loss * 0.0
+        return {"gen": gen_loss, "disc": disc_loss}, {"fake_mean": fake.mean().item()}
+
+    cfg = TrainConfig(steps=3, batch_size=8, lr=1e-2, warmup_steps=0, schedule="constant", weight_decay=0.0,
+                      checkpoint_every=10)
+
+    def batch_fn(step, rank, world):
+        return [torch.randn(8, 4, generator=torch.Generator().manual_seed(step))]
+
+    groups = {"gen": list(model.gen.parameters()), "disc": list(model.disc.parameters())}
+    stats = fit(model, loss_fn, batch_fn, cfg, tmp_path, seed=0, param_groups=groups)
+    assert set(stats["losses"]) == {"loss/gen", "loss/disc", "fake_mean"}
+    assert not torch.equal(model.gen.weight, before["gen.weight"])
+    # a zero discriminator loss must leave it untouched although the generator loss reaches it
+    assert torch.equal(model.disc.weight, before["disc.weight"]) != disc_learns
+    assert set(load_checkpoint(tmp_path / "ckpt.pt")["optimizer"]) == {"gen", "disc"}
