@@ -66,6 +66,7 @@ class TokenizerConfig:
     spherical: bool = False  # cosine K-Means (paper: False)
     seed: int = 1234  # K-Means seed (paper: faiss default 1234)
     max_points_per_centroid: int = 256  # faiss subsampling cap: at most k * this points are used (paper: 256)
+    init: Literal["random", "kmeans++"] = "random"  # centroid init (paper: faiss's random points)
     views: tuple[str, ...] = ("identity", "hflip")  # token views per image; training picks one at random
 
 

@@ -144,7 +144,7 @@ def kmeans_nodes(cfg: ExperimentConfig) -> dict[str, Node]:
                      "batch_size": cfg.backbone.batch_size}, bb)
     tok = to_dict(cfg.tokenizer)
     centroids = Node("cluster", f"k{cfg.tokenizer.k}-{cfg.tokenizer.backend}-s{cfg.tokenizer.seed}",
-                     {k: tok[k] for k in ("k", "niter", "backend", "spherical", "seed", "max_points_per_centroid")},
+                     {k: tok[k] for k in ("k", "niter", "backend", "spherical", "seed", "max_points_per_centroid", "init")},
                      {"features": features})
     tokens = Node("tokenize", f"{cfg.backbone.name}-k{cfg.tokenizer.k}",
                   {"data": _data(cfg), "backbone": _backbone_cfg(cfg), "views": tok["views"], "spherical": cfg.tokenizer.spherical,

@@ -41,7 +41,7 @@ from digit_bench.errors import UserError
 HIGHER_IS_BETTER = {
     "fid": False, "fd": False, "kid": False, "is": True, "precision": True, "recall": True, "class_acc": True,
     "probe_top1": True, "probe_top5": True, "codebook_usage": True, "codebook_perplexity": True,
-    "token_change": False, "cos_sim": True, "cost": False,
+    "token_change": False, "cos_sim": True, "cost": False, "acc_ol": True, "kmeans_seed_ari": True, "dead_codes": False,
 }
 # Column order in the tables, by family; families not listed go just before "params".
 DISPLAY_ORDER = ("fid", "fd", "is", "kid", "precision", "recall", "class_acc", "probe_top1", "probe_top5",

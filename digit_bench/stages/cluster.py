@@ -30,7 +30,7 @@ def features_to_centroids(feats: np.ndarray, cfg: dict) -> tuple[np.ndarray, dic
     x = np.ascontiguousarray(flat[rows], dtype=np.float32)  # (P, D)
     centroids, stats = fit_kmeans(x, k=cfg["k"], niter=cfg["niter"], seed=cfg["seed"], backend=cfg["backend"],
                                   spherical=cfg["spherical"], max_points_per_centroid=cfg["max_points_per_centroid"],
-                                  device=str(device()))
+                                  init=cfg["init"], device=str(device()))
     return centroids, {**stats, "points_available": len(flat), "points_sampled": len(rows)}
 
 
