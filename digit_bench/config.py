@@ -193,6 +193,7 @@ class LDMConfig:
     vae_channels: tuple[int, ...] = (32, 64)  # AutoencoderKL block_out_channels (f = 2^(len-1))
     kl_weight: float = 1e-6
     denoiser: Literal["unet", "dit"] = "unet"  # diffusers UNet2DModel or DiTTransformer2DModel
+    dit_size: str = "dit-xl"  # row of models.ldm.DIT_SIZES (dit-tiny, dit-s, dit-b, dit-l, dit-xl = DiT-XL/2)
     unet_channels: tuple[int, ...] = (64, 128)  # UNet2DModel block_out_channels
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
     num_train_timesteps: int = 1000
