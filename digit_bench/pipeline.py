@@ -99,8 +99,10 @@ def _data(cfg: ExperimentConfig) -> dict:
 
 
 def classifier_node(cfg: ExperimentConfig) -> Node:
+    """The `local` extractor: trained on the whole train part (train.num_train does not cut it), test images scored."""
+    data = {**_data(cfg), "num_train": None, "num_test": None}
     return Node("classifier", f"local-{cfg.data.name}{cfg.data.image_size}",
-                {"data": _data(cfg), "train": to_dict(cfg.eval.local_train), "seed": FIXED_SEED})
+                {"data": data, "train": to_dict(cfg.eval.local_train), "seed": FIXED_SEED})
 
 
 def reference_node(cfg: ExperimentConfig, extractor: str) -> Node:
