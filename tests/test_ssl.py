@@ -1,0 +1,135 @@
+"""digit_bench.ssl: the three pretraining objectives, backbone.pt, exact resume, kNN."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from digit_bench import ssl
+from digit_bench.config import SSLConfig
+from digit_bench.errors import UserError
+from digit_bench.training import load_checkpoint
+
+TINY = SSLConfig(embed_dim=32, depth=2, num_heads=2, out_dim=64, local_crops=2,
+                 train=dataclasses.replace(SSLConfig().train, steps=4, batch_size=8, lr=1e-3, warmup_steps=1,
+                                           checkpoint_every=2))
+
+
+def random_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n)
+
+
+@pytest.mark.parametrize("method", ssl.METHODS)
+def test_objective_lowers_its_loss_on_a_fixed_batch(method):
+    images, labels = random_images(16)
+    torch.manual_seed(0)
+    model = ssl.build_objective(method, TINY, num_classes=10)
+    batch = ssl.split_batch(ssl.make_batch(method, images, labels, TINY, seed=0, step=0), 1)[0]
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    losses = []
+    for step in range(8):
+        loss = model(**batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if method == "dino":
+            model.update_teacher(0.9)
+        losses.append(loss.item())
+    assert losses[-1] < 0.9 * losses[0], losses
+
+
+def test_batches_are_a_pure_function_of_seed_and_step():
+    images, labels = random_images(20)
+    a, b = (ssl.make_batch("dino", images, labels, TINY, seed=3, step=7) for _ in range(2))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c = ssl.make_batch("dino", images, labels, TINY, seed=3, step=8)
+    assert not torch.equal(a["global_views"], c["global_views"])
+    assert a["global_views"].shape == (8, 2, 3, 32, 32) and a["local_views"].shape == (8, 2, 3, 16, 16)
+    # every image once per epoch (20 images, batches of 8 run across the epoch boundary)
+    seen = np.concatenate([ssl.batch_indices(20, 8, seed=3, step=s) for s in range(5)])
+    assert sorted(seen[:20]) == list(range(20)) and sorted(seen[20:40]) == list(range(20))
+
+
+def test_mae_encodes_only_the_visible_quarter_and_scores_the_masked_patches():
+    torch.manual_seed(0)
+    mae = ssl.build_objective("mae", TINY, num_classes=10).eval()
+    encoded = []
+    mae.vit.norm.register_forward_hook(lambda module, args, out: encoded.append(out))
+    images, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 64)
+    masked = noise.argsort(dim=1)[:, 16:]  # (2, 48): all but the 16 lowest-noise patches are hidden
+    patches = mae.patchify(images)  # (2, 64, 48)
+    patches[torch.arange(2)[:, None], masked] = torch.randn(2, 48, 48)  # new pixels in the hidden patches only
+    p = TINY.patch_size
+    changed = patches.view(2, 8, 8, p, p, 3).permute(0, 5, 1, 3, 2, 4).reshape(2, 3, 32, 32)  # unpatchify
+    assert torch.equal(mae.patchify(changed), patches)
+    with torch.no_grad():
+        loss, loss_changed = mae(images, noise), mae(changed, noise)
+    assert encoded[0].shape == (2, 1 + 16, TINY.embed_dim)  # CLS + the visible 25%
+    assert torch.equal(encoded[0], encoded[1])  # hidden pixels never reach the encoder ...
+    assert not torch.isclose(loss, loss_changed)  # ... but they are the reconstruction target
+
+
+def test_backbone_file_loads_strictly_into_timm_and_gives_the_same_features(tmp_path):
+    images, labels = random_images(24)
+    stats = ssl.pretrain("dino", images, labels, TINY, tmp_path, seed=0, eval_images=images[:8],
+                         eval_labels=labels[:8], num_reference=16)
+    assert stats["steps"] == 4 and 0 <= stats["knn_top1"] <= 1 and 0 <= stats["probe_top1"] <= 1
+    saved = load_checkpoint(tmp_path / "backbone.pt")
+    vit = VisionTransformer(**saved["arch"])
+    vit.load_state_dict(saved["model"], strict=True)
+    objective = ssl.build_objective("dino", TINY, num_classes=10)
+    objective.load_state_dict(load_checkpoint(tmp_path / "ckpt.pt")["model"])
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(vit.eval().forward_features(x), objective.teacher.vit.eval().forward_features(x))
+        assert not torch.equal(vit.forward_features(x), objective.student.vit.eval().forward_features(x))
+
+
+def test_pretrain_resumes_bit_exactly_after_an_interruption(tmp_path, monkeypatch):
+    method = "dino"  # the most state: student, EMA teacher, centre, BatchNorm statistics
+    images, labels = random_images(24)
+    run = dict(cfg=TINY, seed=1, eval_images=images[:8], eval_labels=labels[:8], num_reference=16)
+    ssl.pretrain(method, images, labels, work_dir=tmp_path / "straight", **run)
+
+    make_batch = ssl.make_batch
+
+    def dies_at_step_3(method, images, labels, cfg, seed, step):
+        if step == 3:
+            raise KeyboardInterrupt
+        return make_batch(method, images, labels, cfg, seed, step)
+
+    monkeypatch.setattr(ssl, "make_batch", dies_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        ssl.pretrain(method, images, labels, work_dir=tmp_path / "resumed", **run)
+    assert load_checkpoint(tmp_path / "resumed" / "ckpt.pt")["step"] == 2
+    monkeypatch.setattr(ssl, "make_batch", make_batch)
+    stats = ssl.pretrain(method, images, labels, work_dir=tmp_path / "resumed", **run)
+    assert stats["start_step"] == 2
+    straight = load_checkpoint(tmp_path / "straight" / "ckpt.pt")["model"]
+    resumed = load_checkpoint(tmp_path / "resumed" / "ckpt.pt")["model"]
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_knn_accuracy_votes_by_cosine_neighbours():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 16))
+    y_train, y_test = np.repeat(np.arange(3), 30), np.repeat(np.arange(3), 10)
+    train = centres[y_train] * rng.uniform(0.5, 5, (90, 1)) + 0.05 * rng.normal(size=(90, 16))  # scale is ignored
+    test = centres[y_test] + 0.05 * rng.normal(size=(30, 16))
+    assert ssl.knn_accuracy(train, y_train, test, y_test, k=20) == 1.0
+    assert ssl.knn_accuracy(train, y_train, test, (y_test + 1) % 3, k=20) == 0.0
+    before = train.copy()
+    assert ssl.knn_accuracy(train[:5], y_train[:5], test[:10], y_test[:10], k=20) == 1.0  # k > 5 points: all vote
+    assert np.array_equal(train, before)  # inputs are not normalised in place
+
+
+def test_pretrain_rejects_images_of_the_wrong_size(tmp_path):
+    images = np.zeros((4, 28, 28, 3), dtype=np.uint8)
+    with pytest.raises(UserError, match="image_size"):
+        ssl.pretrain("mae", images, np.zeros(4), TINY, tmp_path, seed=0, eval_images=images, eval_labels=np.zeros(4))
+    with pytest.raises(UserError, match="dino, mae, sup"):
+        ssl.build_objective("simclr", TINY, num_classes=10)
