@@ -4,9 +4,10 @@ YAML -> runs -> each run's stage DAG -> unique artifacts -> waves (all feature d
 trainings, samples, metrics; a wave is every node at one depth of the merged DAG) -> submitit jobs: `debug`
 (in-process), `local` (subprocesses) or `slurm` (job arrays via `map_array`, resources from the `launcher:` block).
 Each job computes one artifact through the store's lookup-or-compute, so a rerun skips everything DONE and a job
-requeued after preemption resumes from its work directory. Failed jobs are retried `launcher.max_retries` times and
-then listed with the tail of their log; their descendants are skipped. At the end one flat row per run is written to
-`<root>/sweeps/<sweep>/<profile>/` and `report` turns them into results/<sweep>/<profile>/.
+requeued after preemption resumes from its work directory. Failed jobs are retried `launcher.max_retries` times (a
+UserError is not retried) and then listed with the tail of their log; their descendants are skipped, and the command
+exits 1. At the end one flat row per run is written to `<root>/sweeps/<sweep>/<profile>/` and `report` turns them
+into results/<sweep>/<profile>/. Sweeps sharing a root compute each artifact once (the store's file locks).
 Design from DESIGN.md §6 and the hydra submitit plugin's resource schema (no hydra).
 """
 
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,6 +98,15 @@ class StageJob:
         return submitit.helpers.DelayedSubmission(StageJob(self.root), spec)
 
 
+def job_threads(cluster: str, launcher: LauncherConfig) -> int:
+    """OpenMP threads of one job: its SLURM CPUs, or this machine's share when `local_workers` jobs run at once.
+
+    Without the cap every job starts one thread per core, and a few jobs at once on a small machine spend their
+    time in OpenMP barriers (a conv layer ran 10x slower with two 2-thread jobs on 2 cores).
+    """
+    return launcher.cpus_per_task if cluster == "slurm" else max(1, (os.cpu_count() or 1) // launcher.local_workers)
+
+
 def distributed_setup() -> None:
     """Join the process group when submitit started several tasks for this job (DDP training)."""
     if int(os.environ.get("SLURM_NTASKS", "1")) <= 1 or "SLURM_JOB_ID" not in os.environ:
@@ -116,7 +127,8 @@ def executor_for(cluster: str, launcher: LauncherConfig, folder: Path, training:
 
     ex = submitit.AutoExecutor(folder=str(folder), cluster=cluster, slurm_max_num_timeout=launcher.max_num_timeout,
                                local_max_num_timeout=launcher.max_num_timeout)
-    params = dict(timeout_min=launcher.timeout_min)
+    setup = [f"export OMP_NUM_THREADS={job_threads(cluster, launcher)}"]  # torch, faiss and BLAS read it at start
+    params = dict(timeout_min=launcher.timeout_min, local_setup=setup, slurm_setup=setup)
     if cluster == "slurm":
         extra = {k: v for k, v in (("account", launcher.account), ("qos", launcher.qos)) if v}
         params.update(slurm_partition=launcher.partition, gpus_per_node=launcher.gpus_per_node or None,
@@ -159,8 +171,8 @@ def execute(plan: Plan, store: Store, cluster: str, launcher: LauncherConfig) ->
 def _run_wave(nodes: list[Node], store: Store, cluster: str, launcher: LauncherConfig) -> dict[tuple, str]:
     """Compute `nodes` (one wave) on `cluster`; returns node key -> error text (a traceback or log tail)."""
     job_fn = StageJob(str(store.root))
-    outcomes: dict[tuple, dict] = {}
     if cluster == "debug":
+        outcomes = {}
         for n in nodes:
             try:
                 outcomes[n.key] = job_fn(n.spec())
@@ -170,20 +182,22 @@ def _run_wave(nodes: list[Node], store: Store, cluster: str, launcher: LauncherC
         (store.root / "submitit").mkdir(parents=True, exist_ok=True)
         # a fresh folder per wave and attempt: submitit trusts an existing <job id>_result.pkl, and ids get reused
         folder = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=store.root / "submitit"))
-        size = launcher.local_workers if cluster == "local" else len(nodes)
-        for batch in (nodes[i:i + size] for i in range(0, len(nodes), size)):
+        if cluster == "local":  # local_workers jobs at a time; the next starts as soon as one ends
+
+            def run(n: Node) -> dict:
+                ex = executor_for(cluster, launcher, folder, n.stage in TRAINING_STAGES)
+                return _outcome(ex.submit(job_fn, n.spec()))
+
+            with ThreadPoolExecutor(launcher.local_workers) as pool:
+                outcomes = dict(zip([n.key for n in nodes], pool.map(run, nodes)))
+        else:  # one job array per kind (training jobs get all tasks)
             jobs = []
             for training in (False, True):
-                group = [n for n in batch if (n.stage in TRAINING_STAGES) == training]
+                group = [n for n in nodes if (n.stage in TRAINING_STAGES) == training]
                 if group:
                     ex = executor_for(cluster, launcher, folder, training)
-                    jobs += list(zip(group, ex.map_array(job_fn, [n.spec() for n in group])))
-            for n, job in jobs:
-                try:
-                    outcomes[n.key] = job.result()
-                except Exception as e:  # noqa: BLE001 - submitit raises FailedJobError/UncompletedJobError and others
-                    outcomes[n.key] = {"error": f"{type(e).__name__} (job {job.job_id}): {str(e)[-500:]}\n"
-                                                f"{(job.stderr() or '')[-1500:]}"}
+                    jobs += zip(group, ex.map_array(job_fn, [n.spec() for n in group]))
+            outcomes = {n.key: _outcome(job) for n, job in jobs}
     errors = {}
     for n in nodes:
         out = outcomes[n.key]
@@ -191,6 +205,14 @@ def _run_wave(nodes: list[Node], store: Store, cluster: str, launcher: LauncherC
             errors[n.key] = USER_ERROR + out["user_error"] if "user_error" in out else out["error"]
             log.error("%s/%s failed: %s", n.stage, n.id, errors[n.key].strip().splitlines()[-1])
     return errors
+
+
+def _outcome(job) -> dict:
+    """What a submitit job's StageJob returned, or {"error": its exception and the tail of its log}."""
+    try:
+        return job.result()
+    except Exception as e:  # noqa: BLE001 - submitit raises FailedJobError/UncompletedJobError and others
+        return {"error": f"{type(e).__name__} (job {job.job_id}): {str(e)[-500:]}\n{(job.stderr() or '')[-1500:]}"}
 
 
 # ------------------------------------------------------------------------------------------------------ rows

@@ -1,0 +1,130 @@
+"""The sweep on a real SLURM cluster: the VQGAN-AR micro sweep through job arrays, and a preempted training job that
+is requeued, resumes from its checkpoint and ends with the weights of an uninterrupted run.
+
+.ci/run starts a single-node cluster (.ci/slurm-up.sh) and exports DIGIT_BENCH_SLURM=1; there a missing cluster
+fails these tests, elsewhere it skips them. Each test uses a fresh submitit folder: SLURM job ids restart at 1 on
+a new cluster, and submitit would trust an old `<id>_result.pkl`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from digit_bench import sweep
+from digit_bench.artifacts import Store
+from digit_bench.config import load_sweep
+from digit_bench.pipeline import compute
+from test_sweep import FAST, FAST_SETS, MICRO, REPO, VQ_ONLY, computed, plan_ids, published  # tests/ is on sys.path
+
+
+def cluster_problem() -> str | None:
+    """Why there is no usable SLURM cluster here, or None."""
+    if shutil.which("sinfo") is None:
+        return "no SLURM cluster: `sinfo` is not installed (CI starts one with .ci/slurm-up.sh)"
+    proc = subprocess.run(["sinfo", "-h"], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        return f"no SLURM cluster: `sinfo` failed: {proc.stderr.strip()[:300]}"
+    return None
+
+
+PROBLEM = cluster_problem()
+REQUIRED = os.environ.get("DIGIT_BENCH_SLURM") == "1"
+pytestmark = [pytest.mark.slurm, pytest.mark.skipif(PROBLEM is not None and not REQUIRED, reason=str(PROBLEM))]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    """Where the cluster is required (CI), its absence fails the tests instead of skipping them."""
+    if PROBLEM is not None:
+        pytest.fail(f"DIGIT_BENCH_SLURM=1 but {PROBLEM}")
+
+
+def wait_for(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.time() + timeout_s
+    while not predicate():
+        assert time.time() < deadline, f"timed out after {timeout_s:.0f} s waiting for {what}"
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def vq_base(tmp_path_factory) -> tuple[Path, sweep.Plan]:
+    """A root with the first two waves of the VQGAN-AR micro sweep (VQGAN, VQ tokens, classifier, reference
+    statistics, real images), computed in-process once for the module."""
+    root = tmp_path_factory.mktemp("vq_base")
+    plan = sweep.make_plan(load_sweep(MICRO, "smoke", FAST_SETS + ["generator=vqgan_ar"]))
+    for n in plan.waves[0] + plan.waves[1]:
+        compute(Store(root), n, log=lambda line: None)
+    return root, plan
+
+
+def test_slurm_cluster_completes_the_vqgan_ar_micro_sweep_with_job_arrays(vq_base, tmp_path):
+    """The rest of the VQGAN-AR micro sweep (9 artifacts in 4 waves) through job arrays; the whole micro sweep passes
+    the same way but takes minutes."""
+    base, plan = vq_base
+    root, results = tmp_path / "root", tmp_path / "results"
+    shutil.copytree(base, root)
+    seeded = published(root)
+    resources = ["--set", "launcher.cpus_per_task=1", "--set", "launcher.mem_gb=2"]
+    proc = subprocess.run([sys.executable, "-m", "digit_bench.sweep", str(MICRO), "--profile", "smoke",
+                           "--root", str(root), "--results", str(results), *FAST, *VQ_ONLY, *resources,
+                           "--cluster", "slurm"], capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    assert summary["ok"] == summary["runs"] == 2 and summary["failed"] == 0
+    assert {"results.csv", "table.md", "index.html"} <= {p.name for p in (results / "micro" / "smoke").iterdir()}
+    after = published(root)
+    assert set(after) == plan_ids("generator=vqgan_ar") and {i: after[i] for i in seeded} == seeded
+    assert computed(proc.stderr) == []  # the rest was computed inside submitit jobs:
+    for n in (n for wave in plan.waves[2:] for n in wave):
+        manifest = json.loads((root / n.stage / n.id / "manifest.json").read_text())
+        assert manifest["argv"][0].endswith("submitit/core/_submit.py")
+    scripts = [p.read_text() for p in root.glob("submitit/*/*_submission.sh")]
+    assert all("#SBATCH --cpus-per-task=1\n" in s for s in scripts) and any("#SBATCH --array=0-" in s for s in scripts)
+
+
+def test_preempted_training_job_is_requeued_and_resumes_bit_identically(vq_base, tmp_path):
+    base, _ = vq_base
+    sets = ["generator=vqgan_ar", "train.steps=30", "train.checkpoint_every=5", "launcher.mem_gb=2"]
+    plan = sweep.make_plan(load_sweep(MICRO, "smoke", FAST_SETS + sets))
+    run = plan.sweep.runs[0]
+    node = plan.dags[run.run_id]["gpt"]
+    slurm_root, ref_root = tmp_path / "slurm", tmp_path / "reference"
+    for root in (slurm_root, ref_root):
+        shutil.copytree(base, root)
+
+    ex = sweep.executor_for("slurm", run.cfg.launcher, tmp_path / "submitit", training=True)
+    job = ex.submit(sweep.StageJob(str(slurm_root)), node.spec())
+    try:
+        work = slurm_root / "train" / f"{node.id}.work"
+        wait_for(lambda: (work / "ckpt.pt").exists() or job.done(), 300, "the job's first checkpoint")
+        assert not job.done(), f"job {job.job_id} ended before it could be preempted: {job.stderr()}"
+        job._interrupt()  # what SLURM does on preemption: SIGTERM, then USR2 -> StageJob.checkpoint -> requeue
+        # meanwhile the same node, uninterrupted, in-process in another root
+        threads = torch.get_num_threads()
+        torch.set_num_threads(sweep.job_threads("slurm", run.cfg.launcher))  # as in the job: CPU results are bitwise
+        try:
+            reference = compute(Store(ref_root), node, log=lambda line: None)  # equal only at equal thread counts
+        finally:
+            torch.set_num_threads(threads)
+        wait_for(job.done, 300, f"job {job.job_id} to be requeued and finish")
+        assert job.result() == {"path": str(slurm_root / "train" / node.id)}
+    finally:
+        if not job.done():
+            job.cancel()
+    log = job.stdout() + job.stderr()
+    assert "Requeued job" in log and "this job is preempted" in log
+    manifest = json.loads((slurm_root / "train" / node.id / "manifest.json").read_text())
+    assert manifest["steps"] == 30 and manifest["start_step"] > 0 and manifest["start_step"] % 5 == 0
+    ours = torch.load(slurm_root / "train" / node.id / "ckpt.pt", map_location="cpu", weights_only=True)["model"]
+    theirs = torch.load(reference / "ckpt.pt", map_location="cpu", weights_only=True)["model"]
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
