@@ -32,11 +32,11 @@ class Registry:
         self.kind = kind
         self._entries: dict[str, tuple[str, dict[str, Any], str]] = {}
 
-    def add(self, name: str, target: str, doc: str = "", **kwargs: Any) -> None:
-        """Register `name` as `target` ("package.module:function") called with `kwargs` bound."""
-        if name in self._entries:
-            raise ValueError(f"{self.kind} {name!r} is registered twice")
-        self._entries[name] = (target, kwargs, doc)
+    def add(self, entry: str, target: str, doc: str = "", **kwargs: Any) -> None:
+        """Register `entry` as `target` ("package.module:function") called with `kwargs` bound."""
+        if entry in self._entries:
+            raise ValueError(f"{self.kind} {entry!r} is registered twice")
+        self._entries[entry] = (target, kwargs, doc)
 
     def names(self) -> list[str]:
         return sorted(self._entries)
@@ -108,9 +108,9 @@ TOKENIZERS.add("kmeans", "digit_bench.tokenizers.kmeans:fit_kmeans", "DiGIT: K-M
 TOKENIZERS.add("vqgan", "digit_bench.models.vqgan:VQGAN", "VQGAN codes (the reconstructive baseline)")
 
 GENERATORS = Registry("generator")
-GENERATORS.add("digit", "digit_bench.pipeline:digit_dag", "DiGIT: GPT on K-Means tokens, then stage 2 to VQGAN tokens, then pixels")
-GENERATORS.add("vqgan_ar", "digit_bench.pipeline:vqgan_ar_dag", "baseline: the same GPT on VQGAN tokens")
-GENERATORS.add("ldm", "digit_bench.pipeline:ldm_dag", "baseline: latent diffusion (diffusers VAE + denoiser, DDIM)")
+GENERATORS.add("digit", "digit_bench.pipeline:run_dag", "DiGIT: GPT on K-Means tokens, then stage 2 to VQGAN tokens, then pixels")
+GENERATORS.add("vqgan_ar", "digit_bench.pipeline:run_dag", "baseline: the same GPT on VQGAN tokens")
+GENERATORS.add("ldm", "digit_bench.pipeline:run_dag", "baseline: latent diffusion (diffusers VAE + denoiser, DDIM)")
 
 EXTRACTORS = Registry("extractor")
 EXTRACTORS.add("inception", "digit_bench.eval.fidelity:inception_extractor", "torch-fidelity inception-v3-compat (standard FID/IS)")
@@ -123,7 +123,7 @@ for _m, _d in (("fd", "Frechet distance (FID with inception)"), ("is", "Inceptio
                ("probe_top1", "linear probe top-1 of the best layer"), ("codebook_usage", "fraction of codes used"),
                ("codebook_perplexity", "exp(entropy) of code use"), ("token_change", "fraction of tokens changed by pixel noise"),
                ("cos_sim", "cosine similarity of features before/after pixel noise")):
-    METRICS.add(_m, "digit_bench.eval.names:metric", _d, metric=_m)
+    METRICS.add(_m, "digit_bench.report:higher_is_better", _d, name=_m)  # get(m)() -> True/False: its direction
 
 ALL = {"datasets": DATASETS, "backbones": BACKBONES, "tokenizers": TOKENIZERS, "generators": GENERATORS,
        "extractors": EXTRACTORS, "metrics": METRICS}
