@@ -213,7 +213,7 @@ class LauncherConfig:
     cluster: Literal["debug", "local", "slurm"] = "debug"  # submitit executor (debug = in-process)
     partition: Optional[str] = None  # slurm_partition
     gpus_per_node: int = 0
-    tasks_per_node: int = 1  # processes per job; must be 1 until multi-task DDP jobs are wired into the sweep
+    tasks_per_node: int = 1  # DDP ranks of a SLURM training job (= gpus_per_node with GPUs); other jobs run 1 task
     cpus_per_task: int = 2
     mem_gb: int = 8
     timeout_min: int = 60  # wall-clock limit per job, minutes
@@ -422,9 +422,10 @@ def check_names(cfg: ExperimentConfig) -> None:
         raise UserError(f"train.batch_size {cfg.train.batch_size} is not divisible by train.grad_accum {cfg.train.grad_accum}")
     if cfg.tokenizer.k > 65535:
         raise UserError(f"tokenizer.k {cfg.tokenizer.k} does not fit the uint16 token files; use k <= 65535")
-    if cfg.launcher.tasks_per_node != 1:
-        raise UserError("launcher.tasks_per_node must be 1: the sweep does not run multi-task (DDP) jobs yet; "
-                        "use one GPU per job (training.fit supports DDP under torchrun)")
+    gpus, tasks = cfg.launcher.gpus_per_node, cfg.launcher.tasks_per_node
+    if gpus and tasks != gpus:
+        raise UserError(f"launcher.tasks_per_node {tasks} != launcher.gpus_per_node {gpus}: a DDP training job runs "
+                        "one task per GPU; set them equal")
     bad_views = set(cfg.tokenizer.views) - {"identity", "hflip"}
     if bad_views or not cfg.tokenizer.views:
         raise UserError(f"tokenizer.views {list(cfg.tokenizer.views)}: choose a non-empty list of identity, hflip")

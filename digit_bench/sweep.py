@@ -4,7 +4,8 @@ YAML -> runs -> each run's stage DAG -> unique artifacts -> waves (all feature d
 trainings, samples, metrics; a wave is every node at one depth of the merged DAG) -> submitit jobs: `debug`
 (in-process), `local` (subprocesses) or `slurm` (job arrays via `map_array`, resources from the `launcher:` block).
 Each job computes one artifact through the store's lookup-or-compute, so a rerun skips everything DONE and a job
-requeued after preemption resumes from its work directory. Failed jobs are retried `launcher.max_retries` times (a
+requeued after preemption resumes from its work directory; a training job of `launcher.tasks_per_node` > 1 tasks
+trains data-parallel, rank 0 publishing (compute_distributed). Failed jobs are retried `launcher.max_retries` times (a
 UserError is not retried) and then listed with the tail of their log; their descendants are skipped, and the command
 exits 1. At the end one flat row per run is written to `<root>/sweeps/<sweep>/<profile>/` and `report` turns them
 into results/<sweep>/<profile>/. Sweeps sharing a root compute each artifact once (the store's file locks).
@@ -15,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import importlib
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -26,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from digit_bench.artifacts import Store, default_root
+from digit_bench.artifacts import Artifact, Store, default_root
 from digit_bench.config import LauncherConfig, Sweep, load_sweep, to_dict
 from digit_bench.errors import UserError
 from digit_bench.pipeline import Node, ancestors, compute_spec, depth, run_dag
@@ -84,9 +87,11 @@ class StageJob:
 
     def __call__(self, spec: dict) -> dict:
         _setup_logging()
-        distributed_setup()
+        rank, world = distributed_setup()
+        store = Store(self.root)
         try:
-            return {"path": str(compute_spec(Store(self.root), spec, log=log.info).path)}
+            art = compute_spec(store, spec, log=log.info) if world == 1 else compute_distributed(store, spec, rank)
+            return {"path": str(art.path)}
         except UserError as e:
             log.error("%s/%s: %s", spec["stage"], spec["id"], e)
             return {"user_error": f"{type(e).__name__}: {e}"}
@@ -107,22 +112,97 @@ def job_threads(cluster: str, launcher: LauncherConfig) -> int:
     return launcher.cpus_per_task if cluster == "slurm" else max(1, (os.cpu_count() or 1) // launcher.local_workers)
 
 
-def distributed_setup() -> None:
-    """Join the process group when submitit started several tasks for this job (DDP training)."""
-    if int(os.environ.get("SLURM_NTASKS", "1")) <= 1 or "SLURM_JOB_ID" not in os.environ:
-        return
-    import submitit
+def distributed_setup() -> tuple[int, int]:
+    """Join the process group when submitit started several tasks for this job (DDP training); (rank, world size).
+
+    Every task sees all the job's GPUs and takes the one of its local rank: that is the device stages.common.device()
+    (cuda:LOCAL_RANK) and training.device_for (the current device) pick. submitit's default of narrowing
+    CUDA_VISIBLE_DEVICES to the local rank would leave no cuda:LOCAL_RANK on ranks > 0.
+    """
     import torch.distributed as dist
 
-    env = submitit.helpers.TorchDistributedEnvironment().export()
-    if not dist.is_initialized():
-        import torch
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if int(os.environ.get("SLURM_NTASKS", "1")) <= 1 or "SLURM_JOB_ID" not in os.environ:
+        return 0, 1
+    import submitit
+    import torch
 
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=env.rank, world_size=env.world_size)
+    env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(env.local_rank)
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=env.rank, world_size=env.world_size)
+    return env.rank, env.world_size
+
+
+def _share(obj: str | None) -> str | None:
+    """Rank 0's `obj` on every rank (a collective: every rank calls it once, at the same point)."""
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def compute_distributed(store: Store, spec: dict, rank: int) -> Artifact:
+    """compute_spec for one task of a multi-task (DDP) job: every rank runs the stage, rank 0 alone publishes.
+
+    Only rank 0 goes through the store's lock and work directory: a rank > 0 there would block on the lock while
+    rank 0 waits for it in an all-reduce, and two ranks would write the same files. First thing inside the store's
+    compute callback, before fit's first collective, rank 0 tells the others the work directory it computes into,
+    or None when lookup_or_compute returned without computing (already published, maybe by another job while this
+    one waited for the lock). A rank > 0 then runs the stage into a private scratch directory beside the work
+    directory, wiped first and deleted after, whose ckpt.pt links to rank 0's: a requeued job resumes from the
+    same checkpoint on every rank, and fit writes checkpoints and logs only on rank 0. A closing barrier keeps rank
+    0 from publishing (renaming) the work directory while another rank may still read through that link. The job's
+    outcome is rank 0's (see _run_wave).
+    """
+    import torch.distributed as dist
+
+    module = importlib.import_module(f"digit_bench.stages.{spec['stage']}")
+    parents = {role: store.require(st, aid, "the sweep that planned this run (rerun it)")
+               for role, (st, aid) in spec["parents"].items()}  # on every rank, before any collective
+    if rank == 0:
+        announced = []
+
+        def compute_work(work: Path) -> dict:
+            announced.append(work)
+            _share(str(work))
+            extras = module.compute(spec["cfg"], parents, work)
+            dist.barrier()
+            return extras
+
+        try:
+            return store.lookup_or_compute(spec["stage"], spec["id"], spec["cfg"], parents, compute_work,
+                                           resumable=module.RESUMABLE, log=log.info)
+        finally:
+            if not announced:  # published already, or failed before computing: the other ranks stop waiting
+                _share(None)
+    work = _share(None)
+    final = store.path(spec["stage"], spec["id"])
+    if work is None:
+        return Artifact(final)
+    log.info("[%s] rank %d joins the computation of %s", spec["stage"], rank, work)
+    scratch = final.parent / f"{spec['id']}.rank{rank}"
+    shutil.rmtree(scratch, ignore_errors=True)  # left by a preempted run
+    scratch.mkdir()
+    (scratch / "ckpt.pt").symlink_to(Path(work) / "ckpt.pt")
+    try:
+        module.compute(spec["cfg"], parents, scratch)
+    finally:
+        shutil.rmtree(scratch)
+    dist.barrier()
+    return Artifact(final)
 
 
 def executor_for(cluster: str, launcher: LauncherConfig, folder: Path, training: bool):
-    """A submitit executor for `local` or `slurm` with the launcher block's resources (training jobs get all tasks)."""
+    """A submitit executor for `local` or `slurm` with the launcher block's resources.
+
+    On SLURM a training job gets `tasks_per_node` tasks (DDP ranks) and `gpus_per_node` GPUs, one per task when the
+    two are equal (config.check_names); every other job is one task on at most one GPU. GPUs are asked per node, not
+    per task: `--gpus-per-task` makes srun bind each task to its own GPU, renumbered cuda:0, and the stages pick
+    cuda:LOCAL_RANK (see distributed_setup).
+    """
     import submitit
 
     ex = submitit.AutoExecutor(folder=str(folder), cluster=cluster, slurm_max_num_timeout=launcher.max_num_timeout,
@@ -131,7 +211,8 @@ def executor_for(cluster: str, launcher: LauncherConfig, folder: Path, training:
     params = dict(timeout_min=launcher.timeout_min, local_setup=setup, slurm_setup=setup)
     if cluster == "slurm":
         extra = {k: v for k, v in (("account", launcher.account), ("qos", launcher.qos)) if v}
-        params.update(slurm_partition=launcher.partition, gpus_per_node=launcher.gpus_per_node or None,
+        gpus = launcher.gpus_per_node if training else min(1, launcher.gpus_per_node)
+        params.update(slurm_partition=launcher.partition, gpus_per_node=gpus or None,
                       tasks_per_node=launcher.tasks_per_node if training else 1, cpus_per_task=launcher.cpus_per_task,
                       mem_gb=launcher.mem_gb, slurm_array_parallelism=launcher.array_parallelism,
                       slurm_additional_parameters=extra)
@@ -196,7 +277,12 @@ def _run_wave(nodes: list[Node], store: Store, cluster: str, launcher: LauncherC
                 group = [n for n in nodes if (n.stage in TRAINING_STAGES) == training]
                 if group:
                     ex = executor_for(cluster, launcher, folder, training)
-                    jobs += zip(group, ex.map_array(job_fn, [n.spec() for n in group]))
+                    array = ex.map_array(job_fn, [n.spec() for n in group])
+                    if training and launcher.tasks_per_node > 1:
+                        # the outcome of a DDP job is task 0's: it publishes the artifact, the other tasks only join
+                        # its collectives (and leave an error result when task 0 requeues the job on preemption)
+                        array = [job.task(0) for job in array]
+                    jobs += zip(group, array)
             outcomes = {n.key: _outcome(job) for n, job in jobs}
     errors = {}
     for n in nodes:

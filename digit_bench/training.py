@@ -220,6 +220,8 @@ def fit(model: nn.Module, loss_fn: LossFn, batch_fn: BatchFn, cfg: TrainConfig, 
         bar.close()
         if log_file is not None:
             log_file.close()
+    if distributed:  # other ranks may read the final ckpt.pt (EMA weights) once fit returns: wait until it is written
+        dist.barrier()
     wall_s = time.perf_counter() - t_start
     items_per_s = cfg.batch_size * (step - start_step) / wall_s if step > start_step else None
     return {

@@ -1,5 +1,6 @@
-"""The sweep on a real SLURM cluster: the VQGAN-AR micro sweep through job arrays, and a preempted training job that
-is requeued, resumes from its checkpoint and ends with the weights of an uninterrupted run.
+"""The sweep on a real SLURM cluster: the VQGAN-AR micro sweep through job arrays, a preempted training job that
+is requeued, resumes from its checkpoint and ends with the weights of an uninterrupted run, and two-task (DDP)
+training jobs, uninterrupted or preempted, that end with the weights of a one-process run.
 
 .ci/run starts a single-node cluster (.ci/slurm-up.sh) and exports DIGIT_BENCH_SLURM=1; there a missing cluster
 fails these tests, elsewhere it skips them. Each test uses a fresh submitit folder: SLURM job ids restart at 1 on
@@ -128,3 +129,89 @@ def test_preempted_training_job_is_requeued_and_resumes_bit_identically(vq_base,
     theirs = torch.load(reference / "ckpt.pt", map_location="cpu", weights_only=True)["model"]
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def without_key_bias(state: dict) -> dict:
+    """GPT weights with the key part of each attention's qkv bias zeroed. Softmax over keys ignores a shift shared
+    by all keys, so that bias has a zero gradient up to rounding, and AdamW turns the rounding noise, which depends
+    on summation order, into steps of up to lr: it differs between runs that compute the same function."""
+    out = {k: v.clone() for k, v in state.items()}
+    for k, v in out.items():
+        if k.endswith("attn.qkv.bias"):
+            v.view(3, -1)[1] = 0  # (3, D): query, key, value biases
+    return out
+
+
+def ddp_setup(vq_base, tmp_path: Path, *sets: str):
+    """The VQGAN-AR run's GPT node for a 2-task gloo job (dropout off: the ranks would draw different masks) and
+    two copies of the base root: one for SLURM, one for the one-process reference."""
+    sets = ("generator=vqgan_ar", "gpt.dropout=0", "launcher.tasks_per_node=2", "launcher.cpus_per_task=1",
+            "launcher.mem_gb=2", *sets)
+    plan = sweep.make_plan(load_sweep(MICRO, "smoke", FAST_SETS + list(sets)))
+    run = plan.sweep.runs[0]
+    roots = tmp_path / "slurm", tmp_path / "reference"
+    for root in roots:
+        shutil.copytree(vq_base[0], root)
+    return run, plan.dags[run.run_id]["gpt"], *roots
+
+
+def one_process(root: Path, node):
+    """The node computed in-process with one thread, as each task of the job runs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return compute(Store(root), node, log=lambda line: None)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def check_ddp_result(slurm_root: Path, node, reference, steps: int, logs: list[str]) -> dict:
+    """The artifact is published with `steps` updates, only rank 0 computed through the store while rank 1 joined
+    it, no work or scratch directory is left, and the weights are those of the one-process reference up to float
+    summation order (each rank got half of every global batch). Returns the manifest."""
+    assert "] compute " in logs[0] and "] compute " not in logs[1]
+    assert "rank 1 joins the computation of" in logs[1]
+    manifest = json.loads((slurm_root / "train" / node.id / "manifest.json").read_text())
+    assert manifest["steps"] == steps
+    left = sorted(p.name for p in (slurm_root / "train").iterdir())
+    assert left == sorted([node.id, f"{node.id}.lock"])  # no .work, no .rank<k> scratch directory
+    ours, theirs = (without_key_bias(torch.load(path / "ckpt.pt", map_location="cpu", weights_only=True)["model"])
+                    for path in (slurm_root / "train" / node.id, reference.path))
+    assert ours.keys() == theirs.keys()
+    far = {k: (ours[k] - theirs[k]).abs().max().item() for k in ours
+           if not torch.allclose(ours[k], theirs[k], atol=1e-5)}
+    assert not far, f"max |difference| of the weights that differ: {far}"
+    return manifest
+
+
+def test_sweep_runs_a_two_task_ddp_training_job_matching_one_process(vq_base, tmp_path):
+    """Through the sweep's wave runner (a job array of 2-task jobs, outcome read from task 0)."""
+    run, node, slurm_root, ref_root = ddp_setup(vq_base, tmp_path)
+    reference = one_process(ref_root, node)
+    assert sweep._run_wave([node], Store(slurm_root), "slurm", run.cfg.launcher) == {}
+    scripts = [p.read_text() for p in slurm_root.glob("submitit/*/*_submission.sh")]
+    assert len(scripts) == 1 and "#SBATCH --ntasks-per-node=2\n" in scripts[0]
+    logs = ["".join(p.read_text() for p in slurm_root.glob(f"submitit/*/*_{task}_log.err")) for task in (0, 1)]
+    assert check_ddp_result(slurm_root, node, reference, run.cfg.train.steps, logs)["start_step"] == 0
+
+
+def test_preempted_two_task_ddp_training_job_resumes_on_both_ranks(vq_base, tmp_path):
+    """Requeued after preemption, both ranks resume from rank 0's checkpoint (rank 1 through its scratch link)."""
+    run, node, slurm_root, ref_root = ddp_setup(vq_base, tmp_path, "train.steps=30", "train.checkpoint_every=5")
+    ex = sweep.executor_for("slurm", run.cfg.launcher, tmp_path / "submitit", training=True)
+    job = ex.submit(sweep.StageJob(str(slurm_root)), node.spec())
+    try:
+        work = slurm_root / "train" / f"{node.id}.work"
+        wait_for(lambda: (work / "ckpt.pt").exists() or job.done(), 300, "the job's first checkpoint")
+        assert not job.done(), f"job {job.job_id} ended before it could be preempted: {job.stderr()}"
+        job._interrupt()  # SIGTERM, then USR2 to both tasks: task 0 checkpoints and requeues the job
+        reference = one_process(ref_root, node)
+        wait_for(job.done, 300, f"job {job.job_id} to be requeued and finish")
+        assert job.task(0).result() == {"path": str(slurm_root / "train" / node.id)}
+    finally:
+        if not job.done():
+            job.cancel()
+    logs = [job.task(t).stdout() + job.task(t).stderr() for t in (0, 1)]
+    assert "Requeued job" in logs[0] and "this job is preempted" in logs[0]
+    manifest = check_ddp_result(slurm_root, node, reference, 30, logs)
+    assert manifest["start_step"] > 0 and manifest["start_step"] % 5 == 0
