@@ -89,21 +89,17 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
 
-    def forward(self, x: Tensor, cache: Optional[tuple[Tensor, Tensor]] = None, pos: int = 0) -> Tensor:
-        """Attend causally; with `cache`, write this chunk's keys/values at `pos` and attend to all cached ones.
-
-        A chunk longer than one token must start at pos 0 (the prefill); later chunks are single tokens.
+    def forward(self, x: Tensor, cache: Optional[Tensor] = None, pos: int = 0) -> Tensor:
+        """Attend causally; with `cache` (2, B, H, L_max, hd), write this chunk's keys/values at `pos` and attend to
+        all cached ones. A chunk longer than one token must start at pos 0 (the prefill); later chunks are single
+        tokens. Few, fused ops: at one token per step sampling time is per-op overhead, not arithmetic.
         """
         B, L, D = x.shape
-        q, k, v = self.qkv(x).split(D, dim=2)  # 3 x (B, L, D)
-        q = q.view(B, L, self.n_head, D // self.n_head).transpose(1, 2)  # (B, H, L, hd)
-        k = k.view(B, L, self.n_head, D // self.n_head).transpose(1, 2)  # (B, H, L, hd)
-        v = v.view(B, L, self.n_head, D // self.n_head).transpose(1, 2)  # (B, H, L, hd)
+        qkv = self.qkv(x).view(B, L, 3, self.n_head, D // self.n_head).permute(2, 0, 3, 1, 4)  # (3, B, H, L, hd)
+        q, k, v = qkv  # 3 x (B, H, L, hd)
         if cache is not None:
-            k_cache, v_cache = cache  # each (B, H, L_max, hd)
-            k_cache[:, :, pos:pos + L] = k
-            v_cache[:, :, pos:pos + L] = v
-            k, v = k_cache[:, :, :pos + L], v_cache[:, :, :pos + L]  # (B, H, pos + L, hd)
+            cache[:, :, :, pos:pos + L] = qkv[1:]  # keys and values in one copy
+            k, v = cache[:, :, :, :pos + L]  # 2 x (B, H, pos + L, hd)
         # NOTE: SDPA's is_causal mask is top-left aligned, which is right only when the queries start at key 0
         # (full forward, prefill); a single new token attends to every cached key, so it needs no mask.
         y = F.scaled_dot_product_attention(q, k, v, is_causal=L > 1)  # (B, H, L, hd)
@@ -121,7 +117,7 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(cfg.n_embd, cfg.n_ffn), nn.GELU(), nn.Linear(cfg.n_ffn, cfg.n_embd))
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, cache: Optional[tuple[Tensor, Tensor]] = None, pos: int = 0) -> Tensor:
+    def forward(self, x: Tensor, cache: Optional[Tensor] = None, pos: int = 0) -> Tensor:
         if self.post_ln:  # fairseq decoder_normalize_before=False
             x = self.ln1(x + self.drop(self.attn(x, cache, pos)))
             return self.ln2(x + self.drop(self.mlp(x)))
@@ -227,7 +223,7 @@ class GPT(nn.Module):
         return states
 
     # ------------------------------------------------------------------------------------------------ sampling
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, num: int, *, labels: Optional[Tensor] = None, prefix: Optional[Tensor] = None,
                  seeds: Sequence[int], top_k: int = 0, top_p: float = 1.0, temperature: float = 1.0,
                  cfg_scale: float = 1.0, use_cache: bool = True) -> Tensor:
@@ -269,8 +265,7 @@ class GPT(nn.Module):
         if use_cache:
             hd = self.cfg.n_embd // self.cfg.n_head
             dtype = self.head.weight.dtype
-            caches = [(torch.empty(rows, self.cfg.n_head, P + T, hd, device=device, dtype=dtype),
-                       torch.empty(rows, self.cfg.n_head, P + T, hd, device=device, dtype=dtype))
+            caches = [torch.empty(2, rows, self.cfg.n_head, P + T, hd, device=device, dtype=dtype)  # keys, values
                       for _ in self.blocks]
             start = self._start_tokens(rows, labels, device)  # (rows,)
             x = self._embed(start[:, None], prefix)  # (rows, P + 1, D): prefill prefix and start token at once
