@@ -24,7 +24,7 @@ import argparse
 import html
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Optional
 
@@ -34,6 +34,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from digit_bench.config import ExperimentConfig
 from digit_bench.errors import UserError
 
 # Direction of each metric family. A column belongs to the longest family it equals or extends with "_" or "."
@@ -80,8 +81,10 @@ def _display_key(name: str) -> tuple:
 
 
 def config_columns(df: pd.DataFrame) -> list[str]:
-    """The dotted config columns of the rows ("tokenizer.k"): the swept keys."""
-    return [c for c in df.columns if "." in c and not c.startswith(NOT_CONFIG)]
+    """The dotted config columns of the rows ("tokenizer.k"): the swept keys. A metric name may hold a dot too
+    ("token_change_snr0.01"), so the part before the first dot must be a config section."""
+    sections = {f.name for f in fields(ExperimentConfig)}
+    return [c for c in df.columns if c.split(".")[0] in sections and "." in c and not c.startswith(NOT_CONFIG)]
 
 
 def metric_columns(df: pd.DataFrame, keys: list[str]) -> list[str]:
