@@ -87,6 +87,20 @@ def test_backbone_file_loads_strictly_into_timm_and_gives_the_same_features(tmp_
         assert torch.equal(vit.eval().forward_features(x), objective.teacher.vit.eval().forward_features(x))
         assert not torch.equal(vit.forward_features(x), objective.student.vit.eval().forward_features(x))
 
+    # the stages build it by name through the registry, like any timm backbone: the same FeatureBackbone interface,
+    # and the features of the layer convention (block `layer`, final norm, CLS dropped) of that timm model
+    from digit_bench.artifacts import Artifact
+    from digit_bench.stages.common import backbone_from
+
+    cfg = {"backbone": {"name": "dino_tiny", "layer": -2, "patch_size": 4}}  # TINY has 2 blocks
+    backbone = backbone_from(cfg, {"ssl": Artifact(tmp_path)})
+    assert (backbone.name, backbone.input_size, backbone.num_tokens, backbone.embed_dim) == ("dino_tiny", 32, 64, 32)
+    pixels = torch.from_numpy(images[:3])  # (3, 32, 32, 3) uint8
+    with torch.no_grad():
+        want = vit.forward_intermediates(backbone.transform(pixels), indices=[-2], norm=True, output_fmt="NLC",
+                                         intermediates_only=True)[0]  # (3, 64, 32)
+        torch.testing.assert_close(backbone(pixels), want, rtol=0, atol=0)
+
 
 def test_pretrain_resumes_bit_exactly_after_an_interruption(tmp_path, monkeypatch):
     method = "dino"  # the most state: student, EMA teacher, centre, BatchNorm statistics
@@ -133,3 +147,31 @@ def test_pretrain_rejects_images_of_the_wrong_size(tmp_path):
         ssl.pretrain("mae", images, np.zeros(4), TINY, tmp_path, seed=0, eval_images=images, eval_labels=np.zeros(4))
     with pytest.raises(UserError, match="dino, mae, sup"):
         ssl.build_objective("simclr", TINY, num_classes=10)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_tiny_profile_dino_beats_the_untrained_random_vit_on_knn(tmp_path):
+    """dino_tiny exactly as the default sweep trains it (ablations/_base.yaml tiny, ~2 min of CPU) beats the
+    `random_vit` control of the same shape on kNN top-1, both scored by ssl.evaluate_backbone on the same images."""
+    from pathlib import Path
+
+    from digit_bench.artifacts import Store
+    from digit_bench.backbones import random_vit
+    from digit_bench.config import load_sweep, to_dict
+    from digit_bench.data import load_split
+    from digit_bench.pipeline import backbone_parents, compute
+
+    runs = load_sweep(Path(__file__).resolve().parents[1] / "ablations/backbones.yaml", profile="tiny").runs
+    dino = next(r.cfg for r in runs if r.cfg.backbone.name == "dino_tiny")
+    control = next(r.cfg for r in runs if r.cfg.backbone.name == "random_vit")
+    trained = compute(Store(tmp_path), backbone_parents(dino)["ssl"]).manifest
+
+    train, val = load_split(dino.data, "train"), load_split(dino.data, "val")
+    reference = np.random.default_rng(dino.backbone.init_seed).permutation(len(train.labels))[:5000]
+    untrained = ssl.evaluate_backbone(random_vit(**to_dict(control.backbone)).model,
+                                      train.images.all()[reference], np.asarray(train.labels)[reference],
+                                      val.images.all(), np.asarray(val.labels))
+    print(f"kNN top-1: dino_tiny {trained['knn_top1']:.3f}, random_vit {untrained['knn_top1']:.3f}; "
+          f"linear: {trained['probe_top1']:.3f} vs {untrained['probe_top1']:.3f}")
+    assert trained["knn_top1"] > untrained["knn_top1"]
