@@ -358,6 +358,8 @@ def collect_rows(plan: Plan, store: Store) -> tuple[list[dict], list[dict]]:
         for role in ("tokenizer_metrics", "probe"):
             row.update(_read_metrics(store, dag.get(role)))
         row.update(cost_columns(store, {r: n for r, n in dag.items() if not r.startswith(("ceiling", "real"))}))
+        # the generator's size as the paper counts it: stage 1 only (the GPT, or the LDM's denoiser)
+        row["params"] = row.get("cost.train.params", row.get("cost.diffusion.params"))
         row["config"] = json.dumps(to_dict(run.cfg), sort_keys=True)
         row.update({f"artifacts.{role}": n.id for role, n in dag.items()})
         rows.append(row)

@@ -84,6 +84,8 @@ def test_launcher_does_not_change_the_run_id():
     ("gird:\n  tokenizer.k: [1]\n", ["unknown top-level key 'gird'", "did you mean grid?"]),
     ("defaults: [\n", ["s.yaml:", "invalid YAML"]),
     ("profiles:\n  smok: {}\n", ["unknown profile 'smok'", "did you mean smoke?"]),
+    ("defaults:\n  launcher.gpus_per_node: 4\n  launcher.tasks_per_node: 2\n",
+     ["tasks_per_node 2 != launcher.gpus_per_node 4", "set them equal"]),
 ])
 def test_bad_sweep_files_name_the_cause(tmp_path, text, fragments):
     p = write(tmp_path, "s.yaml", text)

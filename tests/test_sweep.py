@@ -188,6 +188,9 @@ def test_slurm_executor_gets_the_launcher_block(tmp_path):
     other = sweep.executor_for("slurm", LauncherConfig(tasks_per_node=4), tmp_path, training=False)
     script = _make_sbatch_string(command="run", folder=tmp_path, **other._executor.parameters)
     assert "#SBATCH --ntasks-per-node=1\n" in script and "gpus" not in script and "--partition" not in script
+    gpu_stage = sweep.executor_for("slurm", launcher, tmp_path, training=False)  # e.g. feature extraction
+    script = _make_sbatch_string(command="run", folder=tmp_path, **gpu_stage._executor.parameters)
+    assert "#SBATCH --ntasks-per-node=1\n" in script and "#SBATCH --gpus-per-node=1\n" in script
 
 
 # ------------------------------------------------------------------------------------------ kill and rerun
