@@ -51,11 +51,17 @@ class Node:
                 "parents": {role: [p.stage, p.id] for role, p in self.parents.items()}}
 
 
-def compute_spec(store: Store, spec: dict, log=print) -> Artifact:
-    """Compute (or reuse) the node described by `spec`; its parents must be published."""
+def stage_inputs(store: Store, spec: dict) -> tuple[ModuleType, dict[str, Artifact]]:
+    """The stage module of `spec` and its published parent artifacts (a missing parent is a UserError)."""
     module = importlib.import_module(f"digit_bench.stages.{spec['stage']}")
     parents = {role: store.require(st, aid, "the sweep that planned this run (rerun it)")
                for role, (st, aid) in spec["parents"].items()}
+    return module, parents
+
+
+def compute_spec(store: Store, spec: dict, log=print) -> Artifact:
+    """Compute (or reuse) the node described by `spec`; its parents must be published."""
+    module, parents = stage_inputs(store, spec)
     return store.lookup_or_compute(spec["stage"], spec["id"], spec["cfg"], parents,
                                    lambda out: module.compute(spec["cfg"], parents, out),
                                    resumable=module.RESUMABLE, log=log)

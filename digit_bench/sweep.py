@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import importlib
 import json
 import logging
 import os
@@ -32,7 +31,7 @@ from pathlib import Path
 from digit_bench.artifacts import Artifact, Store, default_root
 from digit_bench.config import LauncherConfig, Sweep, load_sweep, to_dict
 from digit_bench.errors import UserError
-from digit_bench.pipeline import Node, ancestors, compute_spec, depth, run_dag
+from digit_bench.pipeline import Node, ancestors, compute_spec, depth, run_dag, stage_inputs
 
 log = logging.getLogger("digit_bench")
 TRAINING_STAGES = {"train", "stage2", "vqgan", "pretrain_ssl", "diffusion", "vae", "classifier"}
@@ -159,9 +158,7 @@ def compute_distributed(store: Store, spec: dict, rank: int) -> Artifact:
     """
     import torch.distributed as dist
 
-    module = importlib.import_module(f"digit_bench.stages.{spec['stage']}")
-    parents = {role: store.require(st, aid, "the sweep that planned this run (rerun it)")
-               for role, (st, aid) in spec["parents"].items()}  # on every rank, before any collective
+    module, parents = stage_inputs(store, spec)  # on every rank, before any collective
     if rank == 0:
         announced = []
 
