@@ -1,4 +1,4 @@
-"""The `digit-bench` command: ls | validate | run | sweep | status | report | bench.
+"""The `digit-bench` command: ls | validate | run | sweep | status | report | score | import | bench.
 
 Logs go to stderr and one JSON summary line to stdout. Every user error exits 2 with a one-line message naming the
 cause and the fix (`--debug` shows the traceback).
@@ -108,6 +108,18 @@ def cmd_report(args: argparse.Namespace) -> dict:
     return {"report": str(out)}
 
 
+def cmd_score(args: argparse.Namespace) -> dict:
+    from digit_bench.score import cmd_score as score
+
+    return score(args)
+
+
+def cmd_import(args: argparse.Namespace) -> dict:
+    from digit_bench.released import cmd_import as run_import
+
+    return run_import(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from digit_bench.sweep import add_sweep_args, build_parser as sweep_parser
 
@@ -133,6 +145,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--root", default=None)
     s.add_argument("--results", default="results")
     s.set_defaults(fn=cmd_report)
+    s = sub.add_parser("score", help="FD/IS of generated images (folder, .npz, glob) on a sweep's evaluation path; "
+                       "writes one row_kind=external CSV row")
+    s.add_argument("images", help="folder of PNG/JPEG, .npz (images or arr_0, uint8 N x H x W x 3), or a quoted glob")
+    s.add_argument("--reference", default=None, help="dataset:<name>:<split> | npz:<file> | <file>.npz (ADM mu/sigma); "
+                   "default: the profile's eval.reference")
+    s.add_argument("--extractor", action="append", choices=["inception", "dinov2", "local"], default=None,
+                   help="FD extractor (repeat for more); default: the profile's")
+    s.add_argument("--num-reference", type=int, default=None, help="real images in the reference (default: profile's)")
+    s.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "ablations" / "_base.yaml"),
+                   help="sweep YAML whose (first run's) data/eval settings define the protocol")
+    s.add_argument("--profile", default="tiny")
+    s.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--seed", type=int, default=None, help="bootstrap seed (a sweep row uses its run seed)")
+    s.add_argument("--label", default=None, help="row name (default: the input's name)")
+    s.add_argument("--sweep", default="external", help="sweep whose comparison the row joins")
+    s.add_argument("--results", default="results")
+    s.add_argument("--out", default=None, help="CSV path (default: <results>/<sweep>/<profile>/external/<label>.csv)")
+    s.add_argument("--export-reference", default=None, metavar="NPZ",
+                   help="also write the reference statistics (mu, sigma, extractor, protocol) to this npz")
+    s.add_argument("--root", default=None)
+    s.set_defaults(fn=cmd_score)
+    s = sub.add_parser("import", help="register a released DiGIT artefact (km_*.npy centroids, fairseq stage-1 GPT)")
+    s.add_argument("kind", choices=["centroids", "gpt"])
+    s.add_argument("file")
+    s.add_argument("--root", default=None)
+    s.add_argument("--trust-pickle", action="store_true",
+                   help="unpickle a fairseq checkpoint's config objects (runs code from the file: trusted files only)")
+    s.add_argument("--heads", type=int, default=None, help="attention heads, if the checkpoint's config lacks them")
+    s.add_argument("--seq-len", type=int, default=256, help="data tokens per sequence (the release: 256)")
+    s.set_defaults(fn=cmd_import)
     sub.add_parser("sweep", help="run a sweep (same as python -m digit_bench.sweep)", add_help=False)
     sub.add_parser("bench", help="tokenizer micro-benchmarks as a table", add_help=False)
     return p

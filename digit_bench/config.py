@@ -68,6 +68,7 @@ class TokenizerConfig:
     max_points_per_centroid: int = 256  # faiss subsampling cap: at most k * this points are used (paper: 256)
     init: Literal["random", "kmeans++"] = "random"  # centroid init (paper: faiss's random points)
     views: tuple[str, ...] = ("identity", "hflip")  # token views per image; training picks one at random
+    centroids: Optional[str] = None  # id of imported centroids (`digit-bench import centroids km_8k.npy`); None = fit here
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class GPTModelConfig:
     dropout: float = 0.1  # residual/embedding dropout (paper: 0.1)
     class_conditional: bool = False  # a class token replaces BOS (paper Table 4)
     label_dropout: float = 0.0  # classifier-free guidance training (beyond the paper; 0 = off)
+    checkpoint: Optional[str] = None  # id of an imported GPT (`digit-bench import gpt <fairseq .pt>`); None = train here
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,7 @@ class SampleConfig:
     temperature: float = 1.0  # (paper: 1.0)
     cfg_scale: float = 1.0  # classifier-free guidance scale; 1.0 = off (paper: off)
     seed: int = 0  # base of the per-sample seeds
+    prefix_len: int = 0  # tokens of a held-out (val) image's sequence given as a prompt (paper Fig. 4b); 0 = none
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,24 @@ class Node:
                 "parents": {role: [p.stage, p.id] for role, p in self.parents.items()}}
 
 
+@dataclass(eq=False)
+class ImportedNode(Node):
+    """An artifact registered by `digit-bench import` (released centroids, a fairseq GPT), known by its id."""
+
+    @property
+    def id(self) -> str:
+        return self.cfg["id"]
+
+
+def imported_node(kind: str, aid: str) -> Node:
+    return ImportedNode("imported", aid.rsplit("-", 1)[0], {"kind": kind, "id": aid})
+
+
+def _unless_default(d: dict, **defaults) -> dict:
+    """`d` without the named fields while they hold these defaults: a field added later re-keys no older artifact."""
+    return {k: v for k, v in d.items() if not (k in defaults and v == defaults[k])}
+
+
 def stage_inputs(store: Store, spec: dict) -> tuple[ModuleType, dict[str, Artifact]]:
     """The stage module of `spec` and its published parent artifacts (a missing parent is a UserError)."""
     module = importlib.import_module(f"digit_bench.stages.{spec['stage']}")
@@ -113,7 +131,9 @@ def classifier_node(cfg: ExperimentConfig) -> Node:
 
 def reference_node(cfg: ExperimentConfig, extractor: str) -> Node:
     parents = {"classifier": classifier_node(cfg)} if extractor == "local" else {}
-    return Node("reference", f"{extractor}-{cfg.eval.reference.replace(':', '_')}",
+    # an npz reference is named by its file name only: a path's slashes cannot be in a directory name
+    ref = f"npz:{cfg.eval.reference.rsplit('/', 1)[-1]}" if cfg.eval.reference.startswith("npz:") else cfg.eval.reference
+    return Node("reference", f"{extractor}-{ref.replace(':', '_')}",
                 {"data": _data(cfg), "reference": cfg.eval.reference, "extractor": extractor,
                  "num_reference": cfg.eval.num_reference, "weights": cfg.eval.weights}, parents)
 
@@ -151,9 +171,12 @@ def kmeans_nodes(cfg: ExperimentConfig) -> dict[str, Node]:
                     {"data": _data(cfg), "backbone": _backbone_cfg(cfg), "features": to_dict(cfg.features),
                      "batch_size": cfg.backbone.batch_size}, bb)
     tok = to_dict(cfg.tokenizer)
-    centroids = Node("cluster", f"k{cfg.tokenizer.k}-{cfg.tokenizer.backend}-s{cfg.tokenizer.seed}",
-                     {k: tok[k] for k in ("k", "niter", "backend", "spherical", "seed", "max_points_per_centroid", "init")},
-                     {"features": features})
+    if cfg.tokenizer.centroids:
+        centroids = imported_node("centroids", cfg.tokenizer.centroids)
+    else:
+        centroids = Node("cluster", f"k{cfg.tokenizer.k}-{cfg.tokenizer.backend}-s{cfg.tokenizer.seed}",
+                         {k: tok[k] for k in ("k", "niter", "backend", "spherical", "seed", "max_points_per_centroid",
+                                              "init")}, {"features": features})
     tokens = Node("tokenize", f"{cfg.backbone.name}-k{cfg.tokenizer.k}",
                   {"data": _data(cfg), "backbone": _backbone_cfg(cfg), "views": tok["views"], "spherical": cfg.tokenizer.spherical,
                    "batch_size": cfg.backbone.batch_size}, {"centroids": centroids, **bb})
@@ -170,9 +193,16 @@ def vqgan_nodes(cfg: ExperimentConfig) -> dict[str, Node]:
 
 
 def stage1_nodes(cfg: ExperimentConfig, tokens: Node, label: str) -> dict[str, Node]:
-    gpt = Node("train", f"{cfg.gpt.size}-{label}-s{cfg.seed}",
-               {"gpt": to_dict(cfg.gpt), "train": to_dict(cfg.train), "seed": cfg.seed}, {"tokens": tokens})
-    samples = Node("sample", f"{cfg.gpt.size}-{label}-s{cfg.seed}", {"sample": to_dict(cfg.sample)}, {"gpt": gpt})
+    if cfg.gpt.checkpoint:
+        gpt = imported_node("gpt", cfg.gpt.checkpoint)
+    else:
+        gpt = Node("train", f"{cfg.gpt.size}-{label}-s{cfg.seed}",
+                   {"gpt": _unless_default(to_dict(cfg.gpt), checkpoint=None), "train": to_dict(cfg.train),
+                    "seed": cfg.seed}, {"tokens": tokens})
+    # prefix_len > 0: every sample continues the first prefix_len tokens of a val image's sequence (paper Fig. 4b)
+    prompts = {"prompts": tokens} if cfg.sample.prefix_len else {}
+    samples = Node("sample", f"{cfg.gpt.size}-{label}-s{cfg.seed}",
+                   {"sample": _unless_default(to_dict(cfg.sample), prefix_len=0)}, {"gpt": gpt, **prompts})
     out = {"gpt": gpt, "samples": samples}
     if cfg.probe.enabled:
         out["probe"] = Node("probe", f"{cfg.gpt.size}-{label}-s{cfg.seed}", {"probe": to_dict(cfg.probe), "seed": cfg.seed},
@@ -191,7 +221,7 @@ def run_dag(cfg: ExperimentConfig) -> dict[str, Node]:
         nodes.update(stage1_nodes(cfg, nodes["tokens"], label))
         nodes["tokenizer_metrics"] = Node("tokenizer_metrics", label,
                                           {"stability": to_dict(cfg.stability), "data": _data(cfg), "probe": to_dict(cfg.probe),
-                                           "tokenizer": to_dict(cfg.tokenizer)},
+                                           "tokenizer": _unless_default(to_dict(cfg.tokenizer), centroids=None)},
                                           {"tokens": nodes["tokens"], "centroids": nodes["centroids"],
                                            "features": nodes["features"], **backbone_parents(cfg)})
         nodes["stage2"] = Node("stage2", f"{cfg.stage2.kind}-{cfg.stage2.size}-{label}",

@@ -247,6 +247,8 @@ def load_reference(path: str | Path) -> Reference:
     """A reference saved by `save_reference`, or `npz:<file>` with ADM-style `mu`/`sigma` (Inception pool features).
 
     An npz reference supports FID only: ADM's mu/sigma come from the whole ImageNet train set, its images are not here.
+    An npz written by `digit-bench score --export-reference` also names its `extractor` and `weights_sha256`; a file
+    without them is taken as Inception pool features of unknown weights (ADM's TF graph).
     """
     if str(path).startswith("npz:"):
         file = Path(str(path)[4:]).expanduser()
@@ -257,7 +259,9 @@ def load_reference(path: str | Path) -> Reference:
                 raise UserError(f"reference npz {file} has no mu/sigma arrays (keys: {', '.join(npz.files)}); "
                                 "use an ADM-style stats file")
             mu, sigma = npz["mu"].astype(np.float64), npz["sigma"].astype(np.float64)
-        return Reference("inception", None, None, mu, sigma, 0, None)
+            extractor = str(npz["extractor"]) if "extractor" in npz else "inception"
+            weights = str(npz["weights_sha256"]) if "weights_sha256" in npz else None
+        return Reference(extractor, weights, None, mu, sigma, 0, None)
     d = torch.load(path, map_location="cpu", weights_only=True)
     return Reference(d["extractor"], d["weights_sha256"], d["features"], d["mu"].numpy(), d["sigma"].numpy(),
                      d["num_images"], d["image_size"])

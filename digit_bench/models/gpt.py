@@ -226,7 +226,7 @@ class GPT(nn.Module):
     @torch.inference_mode()
     def generate(self, num: int, *, labels: Optional[Tensor] = None, prefix: Optional[Tensor] = None,
                  seeds: Sequence[int], top_k: int = 0, top_p: float = 1.0, temperature: float = 1.0,
-                 cfg_scale: float = 1.0, use_cache: bool = True) -> Tensor:
+                 cfg_scale: float = 1.0, prompt: Optional[Tensor] = None, use_cache: bool = True) -> Tensor:
         """Sample `num` sequences (num, seq_len) of data tokens; sample i depends only on seeds[i] and its inputs.
 
         Args:
@@ -235,6 +235,7 @@ class GPT(nn.Module):
             seeds: one seed per sample.
             top_k: keep the k most likely tokens (0 = all). top_p: nucleus mass (1.0 = all).
             cfg_scale: classifier-free guidance, logits = null + s * (cond - null); 1.0 = conditional only.
+            prompt: (num, n) data tokens taken as the first n tokens instead of sampled ones (paper Fig. 4b).
             use_cache: False recomputes the whole sequence at every step (reference path for tests).
         """
         if len(seeds) != num:
@@ -253,7 +254,14 @@ class GPT(nn.Module):
         rows = 2 * num if guided else num
         out = torch.zeros(rows, T, dtype=torch.long, device=device)  # (rows, T), filled left to right
 
+        n_prompt = 0 if prompt is None else prompt.shape[1]
+        if n_prompt > T or (prompt is not None and len(prompt) != num):
+            raise UserError(f"prompt {tuple(prompt.shape)} does not fit {num} samples of {T} tokens")
+
         def sample(logits: Tensor, t: int) -> None:  # logits (rows, V) for token t
+            if t < n_prompt:
+                out[:, t] = prompt[:, t].to(device).repeat(rows // num)
+                return
             if guided:
                 cond, null = logits.float().chunk(2)  # 2 x (num, V)
                 logits = null + cfg_scale * (cond - null)  # (num, V)

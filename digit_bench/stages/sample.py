@@ -2,7 +2,8 @@
 
 Sample i uses seed `sample.seed + i`, so the samples do not depend on the batch size or how the work is split.
 Class-conditional models get class-balanced labels (i mod num_classes), as the paper's 50 per ImageNet class.
-Output: `tokens.npy` uint16 (N, T) and `labels.npy` int64 (N,); grid and vocabulary are copied to the manifest.
+With `sample.prefix_len` n > 0 (paper Fig. 4b) sample i starts from the first n tokens of val image i mod M (its
+class, when conditional) and the model completes the rest. Output: `tokens.npy` uint16 (N, T) and `labels.npy` int64 (N,); grid and vocabulary are copied to the manifest.
 """
 
 from __future__ import annotations
@@ -20,17 +21,29 @@ VERSION = 1
 RESUMABLE = False
 
 
-def checkpoint_to_samples(model, num: int, cfg: dict, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """uint16 tokens (num, T) and their labels (class-balanced, or all 0 when unconditional)."""
+def checkpoint_to_samples(model, num: int, cfg: dict, num_classes: int,
+                          prompts: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """uint16 tokens (num, T) and their labels (class-balanced, or all 0 when unconditional).
+
+    prompts: (tokens (M, T), labels (M,)) of held-out images; sample i keeps the first `prefix_len` tokens of image
+    i mod M and is labelled with its class.
+    """
     conditional = model.cfg.num_classes > 0
     labels = np.arange(num) % num_classes if conditional else np.zeros(num, np.int64)
+    n = cfg.get("prefix_len", 0)
+    if n:
+        pick = np.arange(num) % len(prompts[0])
+        prefix = prompts[0][pick, :n].astype(np.int64)  # (num, n)
+        if conditional:
+            labels = prompts[1][pick]
     out = np.empty((num, model.cfg.seq_len), np.uint16)  # (N, T)
     for start in tqdm(range(0, num, cfg["batch_size"]), desc="sample", unit="batch"):
         stop = min(start + cfg["batch_size"], num)
         y = torch.from_numpy(labels[start:stop]).to(device()) if conditional else None
         seeds = [cfg["seed"] + i for i in range(start, stop)]
         out[start:stop] = model.generate(stop - start, labels=y, seeds=seeds, top_k=cfg["top_k"], top_p=cfg["top_p"],
-                                         temperature=cfg["temperature"], cfg_scale=cfg["cfg_scale"]).cpu().numpy()
+                                         temperature=cfg["temperature"], cfg_scale=cfg["cfg_scale"],
+                                         prompt=torch.from_numpy(prefix[start:stop]) if n else None).cpu().numpy()
     return out, labels.astype(np.int64)
 
 
@@ -38,7 +51,10 @@ def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
     gpt = parents["gpt"]
     meta = gpt.manifest
     model = load_gpt(gpt)
-    tokens, labels = checkpoint_to_samples(model, cfg["sample"]["num_samples"], cfg["sample"], meta["num_classes"])
+    prompts = None
+    if "prompts" in parents:  # view 0 (identity) of the val split: held out from training and from the FD reference
+        prompts = (np.load(parents["prompts"] / "tokens_val.npy", mmap_mode="r")[0], np.load(parents["prompts"] / "labels_val.npy"))
+    tokens, labels = checkpoint_to_samples(model, cfg["sample"]["num_samples"], cfg["sample"], meta["num_classes"], prompts)
     np.save(out / "tokens.npy", tokens)
     np.save(out / "labels.npy", labels)
     return {"shape": list(tokens.shape), "conditional": model.cfg.num_classes > 0, **{k: meta[k] for k in ("vocab_size", "seq_len", "grid", "tokenizer", "num_classes",

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from digit_bench.artifacts import Artifact
 from digit_bench.config import DataConfig, build
 from digit_bench.data import load_split
+from digit_bench.errors import UserError
 from digit_bench.stages.common import VIEWS, backbone_from, device, device_info
 
 VERSION = 1
@@ -51,6 +52,10 @@ def images_to_tokens(backbone, centroids: np.ndarray, images, views: list[str], 
 def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
     centroids = np.load(parents["centroids"] / "centroids.npy")  # (K, D)
     backbone = backbone_from(cfg, parents)
+    if centroids.shape[1] != backbone.embed_dim:
+        raise UserError(f"centroids {parents['centroids'].id} are {centroids.shape[1]}-d but backbone "
+                        f"{cfg['backbone']['name']} gives {backbone.embed_dim}-d features; use centroids fit on this "
+                        f"backbone's features (the released km_8k.npy: dinov2_vitb14_reg4, 768-d)")
     data = build(DataConfig, cfg["data"])
     backend = parents["centroids"].manifest["config"]["backend"]
     counts = {}

@@ -85,7 +85,8 @@ def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
         kcfg = parents["centroids"].manifest["config"]
         encode = kmeans_encoder(backbone_from(parents["features"].manifest["config"], parents), centroids,
                                 kcfg["backend"], kcfg["spherical"])
-        row["kmeans_seed_ari"] = seed_agreement(parents["features"], centroids, kcfg, images, encode)
+        if "niter" in kcfg:  # fit here (imported centroids have no K-Means settings to refit with)
+            row["kmeans_seed_ari"] = seed_agreement(parents["features"], centroids, kcfg, images, encode)
         pc = cfg["probe"]
         ol = train_linear_probes([torch.from_numpy(np.load(tok / "pooled_train.npy").astype(np.float32))],
                                  torch.from_numpy(np.load(tok / "labels_train.npy")),
