@@ -15,13 +15,14 @@ from digit_bench.config import load_sweep
 from digit_bench.pipeline import compute, run_dag
 
 MICRO = Path(__file__).resolve().parent / "data" / "micro.yaml"
+SETS = ["eval.local_train.steps=5", "data.num_test=60", "eval.num_reference=60"]  # the cheapest real protocol
 
 
 @pytest.fixture(scope="module")
 def row(tmp_path_factory):
     """The micro sweep's real-data row (the evaluate stage on real val images): its metrics and images file."""
     root = tmp_path_factory.mktemp("runs")
-    cfg = load_sweep(MICRO, "smoke").runs[0].cfg
+    cfg = load_sweep(MICRO, "smoke", SETS).runs[0].cfg
     dag = run_dag(cfg)
     store = Store(root)
     metrics = compute(store, dag["real_metrics"], log=lambda _: None)
@@ -31,10 +32,12 @@ def row(tmp_path_factory):
 
 def score(root, tmp_path, *args) -> tuple[int, dict]:
     out = tmp_path / "row.csv"
-    rc = main(["score", *args, "--config", str(MICRO), "--profile", "smoke", "--root", str(root), "--out", str(out)])
+    rc = main(["score", *args, "--config", str(MICRO), "--profile", "smoke", "--root", str(root), "--out", str(out),
+               *[a for kv in SETS for a in ("--set", kv)]])
     return rc, (pd.read_csv(out).iloc[0].to_dict() if rc == 0 else {})
 
 
+@pytest.mark.slow  # the `row` fixture computes the micro sweep's real-data row (~30 s)
 def test_score_reproduces_a_sweep_row_exactly(row, tmp_path):
     root, metrics, images = row
     rc, ext = score(root, tmp_path, str(images), "--seed", "0", "--label", "real_again")
@@ -46,6 +49,7 @@ def test_score_reproduces_a_sweep_row_exactly(row, tmp_path):
     assert json.loads(ext["provenance"])["input"] == str(images)
 
 
+@pytest.mark.slow  # the `row` fixture computes the micro sweep's real-data row (~30 s)
 def test_a_png_folder_scores_like_its_npz(row, tmp_path):
     from PIL import Image
 
@@ -59,6 +63,7 @@ def test_a_png_folder_scores_like_its_npz(row, tmp_path):
     assert rc == 0 and ext["fd_local"] == pytest.approx(metrics["fd_local"], rel=1e-12)
 
 
+@pytest.mark.slow  # the `row` fixture computes the micro sweep's real-data row (~30 s)
 def test_an_adm_style_npz_reference_gives_fd_and_is_and_says_the_protocol_differs(row, tmp_path):
     root, metrics, images = row
     stats = tmp_path / "ref_stats.npz"
@@ -73,6 +78,7 @@ def test_an_adm_style_npz_reference_gives_fd_and_is_and_says_the_protocol_differ
     assert "mu/sigma only" in ext["protocol_local"] and f"npz:{stats.resolve()}" in ext["protocol_local"]
 
 
+@pytest.mark.slow  # the `row` fixture computes the micro sweep's real-data row (~30 s)
 def test_a_bare_adm_npz_is_read_as_inception_statistics(row, tmp_path, capsys):
     root, _, images = row
     adm = tmp_path / "VIRTUAL_imagenet256_labeled.npz"
@@ -88,3 +94,4 @@ def test_unreadable_inputs_are_one_line_errors(tmp_path, capsys):
     assert "no 'images' or 'arr_0'" in capsys.readouterr().err
     assert main(["score", str(tmp_path / "none"), "--profile", "smoke", "--root", str(tmp_path)]) == 2
     assert "no images" in capsys.readouterr().err
+
