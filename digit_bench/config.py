@@ -68,7 +68,8 @@ class TokenizerConfig:
     max_points_per_centroid: int = 256  # faiss subsampling cap: at most k * this points are used (paper: 256)
     init: Literal["random", "kmeans++"] = "random"  # centroid init (paper: faiss's random points)
     views: tuple[str, ...] = ("identity", "hflip")  # token views per image; training picks one at random
-    centroids: Optional[str] = None  # id of imported centroids (`digit-bench import centroids km_8k.npy`); None = fit here
+    centroids: Optional[str] = None  # id of imported centroids (`digit-bench import centroids km_8k.npy`); None = fit
+    #   here. Set k to the file's K as well: it names the token artifacts.
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 Sample i uses seed `sample.seed + i`, so the samples do not depend on the batch size or how the work is split.
 Class-conditional models get class-balanced labels (i mod num_classes), as the paper's 50 per ImageNet class.
 With `sample.prefix_len` n > 0 (paper Fig. 4b) sample i starts from the first n tokens of val image i mod M (its
-class, when conditional) and the model completes the rest. Output: `tokens.npy` uint16 (N, T) and `labels.npy` int64 (N,); grid and vocabulary are copied to the manifest.
+class, when conditional) and the model completes the rest.
+Output: `tokens.npy` uint16 (N, T) and `labels.npy` int64 (N,); grid and vocabulary are copied to the manifest.
 """
 
 from __future__ import annotations
