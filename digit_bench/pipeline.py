@@ -132,7 +132,8 @@ def classifier_node(cfg: ExperimentConfig) -> Node:
 def reference_node(cfg: ExperimentConfig, extractor: str) -> Node:
     parents = {"classifier": classifier_node(cfg)} if extractor == "local" else {}
     # an npz reference is named by its file name only: a path's slashes cannot be in a directory name
-    ref = f"npz:{cfg.eval.reference.rsplit('/', 1)[-1]}" if cfg.eval.reference.startswith("npz:") else cfg.eval.reference
+    ref = cfg.eval.reference
+    ref = f"npz:{ref.rsplit('/', 1)[-1]}" if ref.startswith("npz:") else ref
     return Node("reference", f"{extractor}-{ref.replace(':', '_')}",
                 {"data": _data(cfg), "reference": cfg.eval.reference, "extractor": extractor,
                  "num_reference": cfg.eval.num_reference, "weights": cfg.eval.weights}, parents)

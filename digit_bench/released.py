@@ -153,7 +153,8 @@ def gpt_from_fairseq(state: dict, model_cfg: dict | None = None, *, n_head: int 
     if "decoder.embed_positions.weight" in state:  # learned
         positions = state["decoder.embed_positions.weight"]  # (max_positions + 2, d)
         if len(positions) < seq_len + PAD + 1:
-            raise UserError(f"position table has {len(positions)} rows, fewer than seq_len {seq_len} + 2; lower seq_len")
+            raise UserError(f"position table has {len(positions)} rows, fewer than seq_len {seq_len} + 2; "
+                            "lower --seq-len")
     else:  # sinusoidal: fairseq computes the table, the state dict holds none
         positions = sinusoidal_positions(seq_len + PAD + 1, n_embd)
     ours: dict[str, torch.Tensor] = {}

@@ -51,7 +51,8 @@ def load_images(spec: str):
         if path.is_dir():
             files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         else:
-            files = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec)) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+            matches = map(Path, glob.glob(os.path.expanduser(spec)))
+            files = sorted(p for p in matches if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) at {spec}; pass a folder, a glob or an .npz")
         arrays = [np.asarray(Image.open(f).convert("RGB")) for f in files]

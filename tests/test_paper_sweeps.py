@@ -33,7 +33,8 @@ def test_smoke_dry_run_plans_without_computing(name, tmp_path, capsys):
 
 
 def test_conditional_paper_cells_sample_as_the_released_scripts():
-    cells = {(r.cfg.generator, r.cfg.gpt.class_conditional): r.cfg for r in load_sweep(ABL / "conditional.yaml", "paper").runs}
+    runs = load_sweep(ABL / "conditional.yaml", "paper").runs
+    cells = {(r.cfg.generator, r.cfg.gpt.class_conditional): r.cfg for r in runs}
     assert cells[("digit", True)].sample.top_k == 300 and cells[("digit", False)].sample.top_k == 200
     assert cells[("digit", True)].gpt.label_dropout == 0 and cells[("digit", True)].sample.cfg_scale == 1.0
 

@@ -45,7 +45,7 @@ def fairseq_state(K=16, d=32, n_layer=2, ffn=64, classes=0, max_positions=64, le
 
 
 def fairseq_forward(s: dict, src: torch.Tensor, n_head: int) -> torch.Tensor:
-    """fairseq TransformerDecoder (no encoder attention, eval mode) on dictionary ids src (B, L) -> (B, L, len(dict))."""
+    """fairseq TransformerDecoder (no encoder attention, eval mode): dictionary ids (B, L) -> (B, L, len(dict))."""
     emb = s["decoder.embed_tokens.weight"]
     B, L = src.shape
     d = emb.shape[1]
@@ -73,7 +73,8 @@ def fairseq_forward(s: dict, src: torch.Tensor, n_head: int) -> torch.Tensor:
         x = x + att
         x = x if pre_ln else ln(x, p + "self_attn_layer_norm")
         h = ln(x, p + "final_layer_norm") if pre_ln else x
-        h = F.linear(F.gelu(F.linear(h, s[f"{p}fc1.weight"], s[f"{p}fc1.bias"])), s[f"{p}fc2.weight"], s[f"{p}fc2.bias"])
+        h = F.gelu(F.linear(h, s[f"{p}fc1.weight"], s[f"{p}fc1.bias"]))  # (B, L, ffn)
+        h = F.linear(h, s[f"{p}fc2.weight"], s[f"{p}fc2.bias"])  # (B, L, d)
         x = x + h
         x = x if pre_ln else ln(x, p + "final_layer_norm")
     if pre_ln:
@@ -143,8 +144,8 @@ def imported_run(tmp_path, dim: int, stage: str) -> tuple[int, dict]:
     micro = (Path(__file__).parent / "data" / "micro.yaml").read_text()
     sweep.write_text(micro.replace("include: ../../ablations/_base.yaml", f"include: {ABL / '_base.yaml'}")
                      .replace("  - generator: [vqgan_ar, ldm]\n", "").replace("name: micro", "name: from_release"))
-    rc = main(["run", stage, str(sweep), "--profile", "smoke", "--root", str(root), "--set", f"tokenizer.centroids={aid}",
-               "--set", "backbone.name=random_vit"])
+    rc = main(["run", stage, str(sweep), "--profile", "smoke", "--root", str(root),
+               "--set", f"tokenizer.centroids={aid}", "--set", "tokenizer.k=64", "--set", "backbone.name=random_vit"])
     return rc, {"id": aid, "root": root}
 
 

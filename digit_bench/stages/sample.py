@@ -54,8 +54,10 @@ def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
     model = load_gpt(gpt)
     prompts = None
     if "prompts" in parents:  # view 0 (identity) of the val split: held out from training and from the FD reference
-        prompts = (np.load(parents["prompts"] / "tokens_val.npy", mmap_mode="r")[0], np.load(parents["prompts"] / "labels_val.npy"))
-    tokens, labels = checkpoint_to_samples(model, cfg["sample"]["num_samples"], cfg["sample"], meta["num_classes"], prompts)
+        prompts = (np.load(parents["prompts"] / "tokens_val.npy", mmap_mode="r")[0],  # (M, T)
+                   np.load(parents["prompts"] / "labels_val.npy"))  # (M,)
+    tokens, labels = checkpoint_to_samples(model, cfg["sample"]["num_samples"], cfg["sample"], meta["num_classes"],
+                                           prompts)
     np.save(out / "tokens.npy", tokens)
     np.save(out / "labels.npy", labels)
     return {"shape": list(tokens.shape), "conditional": model.cfg.num_classes > 0, **{k: meta[k] for k in ("vocab_size", "seq_len", "grid", "tokenizer", "num_classes",
