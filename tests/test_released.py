@@ -168,3 +168,18 @@ def test_the_pipeline_runs_to_metrics_from_imported_centroids(tmp_path):
     assert rc == 0
     metrics = next((info["root"] / "evaluate").glob("digit-*/metrics.json"))
     assert np.isfinite(json.loads(metrics.read_text())["fd_local"])
+
+
+def test_runs_name_imported_artifacts_by_id_and_train_nothing_in_their_place(tmp_path):
+    from digit_bench.config import Override, apply_overrides, load_sweep
+    from digit_bench.pipeline import ancestors, compute, run_dag
+
+    cfg = load_sweep(ABL / "backbones.yaml", "smoke", ["backbone.name=random_vit"]).runs[0].cfg
+    cfg = apply_overrides(cfg, [Override("gpt.checkpoint", "stage1-0123456789", "test"),
+                                Override("tokenizer.centroids", "km_8k-abcdef0123", "test")])
+    dag = run_dag(cfg)
+    assert dag["gpt"].id == "stage1-0123456789" and dag["centroids"].id == "km_8k-abcdef0123"
+    stages = {n.stage for n in ancestors([dag["metrics"]])}
+    assert "train" not in stages and "cluster" not in stages
+    with pytest.raises(UserError, match="digit-bench import centroids"):  # not imported under this root
+        compute(Store(tmp_path), dag["centroids"], log=lambda _: None)
