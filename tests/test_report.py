@@ -216,9 +216,12 @@ def test_published_csv_holds_every_paper_row():
     assert list(df.columns) == ["source", "table", "task", "type", "method", "params_m", "epochs", "fid", "is",
                                 "probe_top1", "acc_ol", "token_change", "cos_sim", "snr_db", "notes", "published"]
     assert df["table"].value_counts().to_dict() == {"Table 4": 22, "Table 1": 16, "Table 3": 12, "Table 2": 9,
-                                                    "Fig. 3a": 4, "Fig. 4a": 4}
+                                                    "Fig. 3a": 4, "Fig. 4a": 4, "Fig. 4b": 2, "Fig. 6": 2}
     assert set(df["published"]) == {"True"}
-    assert set(df["task"]) == {"uncond", "cond", "probe", "tokenizer_ablation", "stability"}
+    assert set(df["task"]) == {"uncond", "cond", "probe", "tokenizer_ablation", "stability", "prefix_length",
+                               "sampling"}
+    figures = df[df["table"].isin(["Fig. 4b", "Fig. 6"])]  # what the figures show; their values were not recovered
+    assert figures[["fid", "is"]].isna().all().all() and figures["notes"].str.contains("not recovered").all()
     row = df[(df["table"] == "Table 1") & (df["method"] == "Disc Token") & (df["snr_db"] == "20")].iloc[0]
     assert (row["token_change"], row["cos_sim"]) == ("0.260", "0.940")
     assert df[(df["table"] == "Table 3") & (df["method"] == "MAGE")]["fid"].tolist() == ["11.1", "9.10"]
