@@ -1,0 +1,98 @@
+"""The analytic model of digit_bench.plan against real models: exact parameter counts, saved-activation bytes."""
+
+import pytest
+import torch
+
+from digit_bench.models.gpt import GPT, GPT_SIZES, gpt_config
+from digit_bench.plan import (activation_bytes, gpt_params, gpt_train_flops, gpu_spec,
+                              kv_cache_bytes, max_micro_batch, train_memory)
+
+
+def saved_activation_bytes(model: GPT, fn) -> int:
+    """Bytes of the distinct storages autograd saves during `fn()`, leaving out parameters and their casts."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        is_weight = t.grad_fn is not None and type(t.grad_fn).__name__ == "TBackward0"  # (a cast of) a Linear weight
+        if ptr not in params and not is_weight:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("size", list(GPT_SIZES))
+def test_param_counts_are_exact_for_every_size(size):
+    for overrides in ({}, {"post_ln": False, "prefix_len": 16, "prefix_vocab_size": 300}, {"num_classes": 10}):
+        cfg = gpt_config(size, **overrides)
+        with torch.device("meta"):
+            model = GPT(cfg)
+        assert gpt_params(cfg) == sum(p.numel() for p in model.parameters()), (size, overrides)
+
+
+def test_paper_sizes_count_what_the_paper_says():
+    assert abs(gpt_params(gpt_config("digit-b")) / 219e6 - 1) < 0.02
+    assert abs(gpt_params(gpt_config("digit-l")) / 732e6 - 1) < 0.02
+
+
+def test_flops_match_the_model_without_prefix():
+    cfg = gpt_config("gpt-micro")
+    assert gpt_train_flops(cfg) == pytest.approx(GPT(cfg).flops_per_token() * cfg.seq_len)
+    prefixed = gpt_config("gpt-micro", post_ln=False, prefix_len=64, prefix_vocab_size=512)
+    assert gpt_train_flops(prefixed) > 1.9 * gpt_train_flops(cfg)  # the prefix goes through every block
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("layout", ["stage1", "stage2", "stage1-nodrop"])
+def test_activation_bytes_match_autograd_saved_tensors_on_cpu(precision, layout):
+    """Tolerance 1%: the model counts position ids per sequence, autograd keeps them once per batch."""
+    overrides = {"stage1": {}, "stage1-nodrop": {"dropout": 0.0},
+                 "stage2": {"post_ln": False, "prefix_len": 64, "prefix_vocab_size": 300}}[layout]
+    cfg = gpt_config("gpt-micro", **overrides)
+    torch.manual_seed(0)
+    model = GPT(cfg).train()
+    batch = 4
+    idx = torch.randint(0, cfg.vocab_size, (batch, cfg.seq_len))  # (B, T)
+    prefix = torch.randint(0, 300, (batch, cfg.prefix_len)) if cfg.prefix_len else None  # (B, P)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        measured = saved_activation_bytes(model, lambda: model.loss(idx, prefix=prefix))
+    predicted = batch * activation_bytes(cfg, precision, device_type="cpu")
+    assert measured == pytest.approx(predicted, rel=0.01)
+
+
+def test_train_memory_of_a_real_cpu_step_is_within_tolerance():
+    """Weights, grads and AdamW state after one CPU step are exactly what train_memory says."""
+    cfg = gpt_config("gpt-nano")
+    model = GPT(cfg)
+    opt = torch.optim.AdamW(model.parameters())
+    model.loss(torch.randint(0, cfg.vocab_size, (2, cfg.seq_len))).backward()
+    opt.step()
+    mem = train_memory(cfg, 2, precision="fp32", device_type="cpu")
+    state = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if t.dim() > 0)
+    assert mem.optimizer == state
+    assert mem.grads == sum(p.grad.numel() * p.grad.element_size() for p in model.parameters())
+    assert mem.autocast_copies == 0
+
+
+def test_max_micro_batch_is_the_largest_that_fits():
+    cfg = gpt_config("digit-b")
+    budget = 141e9 * 0.9
+    b = max_micro_batch(cfg, budget)
+    assert 64 <= b < 1024  # ~170 MiB per sequence: batch 1024 does not fit one H200
+    assert train_memory(cfg, b).total <= budget < train_memory(cfg, b + 1).total
+    assert max_micro_batch(cfg, 1e9) == 0  # 219M params x 18 bytes of state alone exceed 1 GB
+
+
+def test_kv_cache_and_gpu_specs():
+    cfg = gpt_config("gpt-nano")
+    model = GPT(cfg)
+    assert kv_cache_bytes(cfg, 3) == sum(2 * 3 * cfg.n_head * cfg.seq_len * (cfg.n_embd // cfg.n_head) * 4
+                                         for _ in model.blocks)
+    assert gpu_spec("NVIDIA H200").memory_gb == 141
+    assert gpu_spec("NVIDIA H100 80GB HBM3").bf16_tflops == pytest.approx(989.4)
+    assert gpu_spec("NVIDIA A100-SXM4-40GB").memory_gb == 40
+    assert gpu_spec("Tesla T4") is None and gpu_spec(None) is None
