@@ -24,6 +24,16 @@ API
 - `gpu_spec(name) -> GPUSpec | None`: bf16 dense peak TFLOP/s and memory of a GPU named like
   `torch.cuda.get_device_name()` or a launcher's `gpu_type` ("h200", "NVIDIA H100 80GB HBM3"); None if unknown.
 
+Sweep planning (what `digit-bench plan` prints and `sweep` checks before submitting):
+- `plan_sweep(sweep, mfu=0.4, gpu_type=None) -> list[JobPlan]`: per unique artifact of the roles features, tokens,
+  gpt (stage 1), stage2 and samples: params, total FLOPs, world x micro-batch x accumulation, memory per GPU, disk
+  bytes, GPU-hours at `mfu` of the GPU's bf16 peak, and `fits_memory` / `fits_time` (None when the GPU type is
+  unknown) with `advice` naming the setting to change. Reads `train.micro_batch_size` (None = global batch / world /
+  grad_accum), `launcher.nodes` (default 1), `launcher.tasks_per_node` (ranks per node) and `launcher.gpu_type`
+  (default None), each with its default when the config has no such field.
+- `format_plan(jobs, gpu_type, mfu) -> str`: the table. `check_fits(sweep)`: UserError for the first job that
+  cannot fit (memory, or time limit x (1 + requeues)).
+
 Accuracy: on CPU, activations are exact to the byte for fp32 and CPU bf16 autocast at tiny sizes (tests count
 autograd's saved tensors); on CUDA the doctor compares `.total` with `torch.cuda.max_memory_allocated`.
 """
@@ -170,3 +180,198 @@ def gpu_spec(name: Optional[str]) -> Optional[GPUSpec]:
                 return GPU_SPECS["a100-40gb"]
             return GPU_SPECS[base]
     return None
+
+
+# ------------------------------------------------------------------------------------------------ sweep planning
+# Train/test images of the registered datasets (ImageNet-1k: train and the official val); None = unknown (folders).
+DATASET_SIZES: dict[str, tuple[int, int]] = {"imagenet": (1_281_167, 50_000), "fashion_mnist": (60_000, 10_000),
+                                            "digits": (1_617, 180), "synthetic": (2_000, 500)}
+MEMORY_HEADROOM = 0.92  # share of a GPU's memory a job may plan for (allocator caching, CUDA context, NCCL buffers)
+
+
+@dataclass
+class JobPlan:
+    """What one artifact's job needs, and whether it fits its launcher block (None = not known)."""
+
+    role: str  # role in the run DAG (gpt, stage2, features, ...)
+    stage: str
+    artifact: str  # artifact id
+    params: Optional[int] = None
+    flops: Optional[float] = None  # total FLOPs of the job
+    world: int = 1  # data-parallel ranks
+    micro_batch: Optional[int] = None  # sequences per rank per forward
+    accum: Optional[int] = None  # micro-batches per update
+    memory: Optional[TrainMemory] = None  # per GPU
+    mem_bytes: Optional[int] = None  # per GPU (training: memory.total)
+    disk_bytes: Optional[int] = None  # bytes the artifact writes
+    gpu_hours: Optional[float] = None  # at `mfu` of the GPU's bf16 peak
+    fits_memory: Optional[bool] = None
+    fits_time: Optional[bool] = None
+    advice: str = ""  # what to change when it does not fit
+
+
+def _grid(cfg) -> int:
+    """Tokens per side of the DiGIT tokens of `cfg` (an ExperimentConfig): input side / backbone patch."""
+    import re
+
+    from digit_bench.registry import BACKBONES
+
+    b = cfg.backbone
+    if b.name in ("random_vit", "pixels"):
+        return (b.img_size or 32) // b.patch_size
+    target, kwargs = BACKBONES.entry(b.name)
+    if target.endswith("pretrained_tiny"):
+        return cfg.ssl.image_size // cfg.ssl.patch_size
+    patch = int(re.search(r"patch(\d+)", kwargs["model_name"]).group(1))
+    return (b.img_size or 224) // patch
+
+
+def _vit_dims(cfg) -> tuple[int, int]:
+    """(depth, width) of the backbone of `cfg`; ViT-B sizes for the registered timm models unless named L/H/S."""
+    from digit_bench.registry import BACKBONES
+
+    b = cfg.backbone
+    if b.name in ("random_vit", "pixels"):
+        return (b.depth, b.embed_dim) if b.name == "random_vit" else (0, 3 * b.patch_size**2)
+    target, kwargs = BACKBONES.entry(b.name)
+    if target.endswith("pretrained_tiny"):
+        return cfg.ssl.depth, cfg.ssl.embed_dim
+    name = kwargs["model_name"]
+    return next((dims for key, dims in (("small", (12, 384)), ("large", (24, 1024)), ("huge", (32, 1280)))
+                 if key in name), (12, 768))
+
+
+def _num_images(cfg, split: str) -> Optional[int]:
+    sizes = DATASET_SIZES.get(cfg.data.name)
+    if split == "train":
+        n = cfg.data.num_train or (sizes[0] - cfg.data.num_val if sizes else None)
+    else:
+        n = cfg.data.num_test or (sizes[1] if sizes else None)
+    return n
+
+
+def _stage_gpt(cfg, role: str) -> tuple[GPTConfig, object]:
+    """The GPTConfig trained by a `gpt` (stage 1) or `stage2` node of run config `cfg`, and its TrainConfig."""
+    from digit_bench.models.gpt import GPT_SIZES, gpt_config
+
+    grid = _grid(cfg)
+    vq_grid = cfg.data.image_size // 2 ** (len(cfg.vqgan.ch_mult) - 1)
+    if role == "stage2":
+        size = {k: v for k, v in GPT_SIZES[cfg.stage2.size].items() if k not in ("vocab_size", "seq_len")}
+        return GPTConfig(**size, vocab_size=cfg.vqgan.n_embed, seq_len=vq_grid**2, prefix_vocab_size=cfg.tokenizer.k,
+                         prefix_len=grid**2, post_ln=False, dropout=0.1), cfg.stage2.train
+    digit = cfg.generator == "digit"
+    return gpt_config(cfg.gpt.size, vocab_size=cfg.tokenizer.k if digit else cfg.vqgan.n_embed,
+                      seq_len=(grid if digit else vq_grid) ** 2, post_ln=cfg.gpt.post_ln, dropout=cfg.gpt.dropout,
+                      num_classes=1000 if cfg.gpt.class_conditional else 0), cfg.train
+
+
+def plan_job(cfg, role: str, node, mfu: float = 0.4, gpu_type: Optional[str] = None) -> JobPlan:
+    """The plan of node `node` playing `role` in run config `cfg` (an ExperimentConfig); `gpu_type` overrides
+    `launcher.gpu_type`."""
+    launcher = cfg.launcher
+    spec = gpu_spec(gpu_type or getattr(launcher, "gpu_type", None))
+    job = JobPlan(role=role, stage=node.stage, artifact=node.id)
+    n_train = _num_images(cfg, "train")
+    if role in ("gpt", "stage2"):
+        gcfg, tcfg = _stage_gpt(cfg, role)
+        world = getattr(launcher, "nodes", 1) * max(1, launcher.tasks_per_node)
+        micro = getattr(tcfg, "micro_batch_size", None) or max(1, tcfg.batch_size // (world * tcfg.grad_accum))
+        job.world, job.micro_batch = world, micro
+        job.accum = -(-tcfg.batch_size // (world * micro))
+        job.params = gpt_params(gcfg)
+        job.flops = gpt_train_flops(gcfg) * tcfg.batch_size * tcfg.steps
+        job.memory = train_memory(gcfg, micro, ema=tcfg.ema > 0)
+        job.mem_bytes = job.memory.total
+        job.disk_bytes = 4 * job.params * (4 if tcfg.ema > 0 else 3)  # ckpt.pt: weights, AdamW state, (EMA)
+        key = "stage2.train" if role == "stage2" else "train"
+        if spec is not None:
+            budget = spec.memory_gb * 1e9 * MEMORY_HEADROOM
+            job.fits_memory = job.mem_bytes <= budget
+            if not job.fits_memory:
+                best = max_micro_batch(gcfg, budget, ema=tcfg.ema > 0)
+                job.advice = (f"set {key}.micro_batch_size <= {best} (gradient accumulation keeps the global batch "
+                              f"{tcfg.batch_size})" if best else f"{job.params / 1e6:.0f}M parameters do not fit one "
+                              f"{spec.name}: choose a smaller {'stage2.size' if role == 'stage2' else 'gpt.size'}")
+    elif role in ("features", "tokens"):
+        depth, width = _vit_dims(cfg)
+        T = _grid(cfg) ** 2
+        images = None if n_train is None else (round(n_train * cfg.features.fraction) if role == "features"
+                                               else len(cfg.tokenizer.views) * n_train)
+        if images is not None:
+            job.flops = images * depth * (24 * width * width * T + 4 * T * T * width)
+            job.disk_bytes = images * T * (2 * width if role == "features" else 2)  # float16 features / uint16 ids
+    elif role == "samples":
+        gcfg, _ = _stage_gpt(cfg, "gpt")
+        job.params = gpt_params(gcfg)
+        job.flops = 2.0 * (job.params - gpt_param_groups(gcfg)["embeddings"]) * gcfg.seq_len * cfg.sample.num_samples
+        job.mem_bytes = 4 * job.params + kv_cache_bytes(gcfg, cfg.sample.batch_size)
+        job.disk_bytes = 2 * gcfg.seq_len * cfg.sample.num_samples
+        if spec is not None:
+            job.fits_memory = job.mem_bytes <= spec.memory_gb * 1e9 * MEMORY_HEADROOM
+            if not job.fits_memory:
+                job.advice = "lower sample.batch_size (the KV cache grows with it)"
+    if job.flops is not None and spec is not None:
+        gpus = job.world if role in ("gpt", "stage2") else 1
+        job.gpu_hours = job.flops / (mfu * spec.bf16_tflops * 1e12) / 3600
+        limit_h = launcher.timeout_min / 60 * (1 + launcher.max_num_timeout)  # requeues resume from ckpt.pt
+        job.fits_time = job.gpu_hours / gpus <= limit_h
+        if not job.fits_time:
+            job.advice = (job.advice + "; " if job.advice else "") + (
+                f"needs {job.gpu_hours / gpus:.0f} h on {gpus} GPU(s) > {limit_h:.0f} h (launcher.timeout_min x "
+                f"(1 + launcher.max_num_timeout requeues)): raise launcher.gpus_per_node/tasks_per_node, "
+                f"launcher.nodes or launcher.timeout_min")
+    return job
+
+
+PLANNED_ROLES = ("features", "tokens", "gpt", "stage2", "samples")
+
+
+def plan_sweep(sweep, mfu: float = 0.4, gpu_type: Optional[str] = None) -> list[JobPlan]:
+    """One JobPlan per unique artifact of `sweep` (a config.Sweep) whose role is in PLANNED_ROLES, in DAG order."""
+    from digit_bench.pipeline import run_dag
+
+    seen: dict[str, JobPlan] = {}
+    for run in sweep.runs:
+        for role, node in run_dag(run.cfg).items():
+            if node.id not in seen and role in PLANNED_ROLES:
+                seen[node.id] = plan_job(run.cfg, role, node, mfu, gpu_type)
+    return list(seen.values())
+
+
+def format_plan(jobs: list[JobPlan], gpu_type: Optional[str], mfu: float) -> str:
+    spec = gpu_spec(gpu_type)
+    head = (f"GPU: {spec.name} ({spec.memory_gb:g} GB, bf16 peak {spec.bf16_tflops:g} TFLOP/s), GPU-hours at "
+            f"{mfu:.0%} MFU" if spec else f"GPU type {gpu_type!r} unknown: set launcher.gpu_type (h200, h100, a100, "
+            f"...) for GPU-hours and fits; MFU/peaks unknown")
+    lines = [head, f"{'role':<9} {'artifact':<44} {'params':>8} {'world x micro x accum':>22} {'GiB/GPU':>8} "
+             f"{'PFLOP':>10} {'GPU-h':>8} {'disk GB':>8}  fits"]
+
+    def num(x, fmt):
+        return "-" if x is None else format(x, fmt)
+
+    for j in jobs:
+        shape = f"{j.world} x {j.micro_batch} x {j.accum}" if j.micro_batch else "-"
+        fits = {None: "?", True: "yes", False: "NO"}
+        verdict = "yes" if j.fits_memory is not False and j.fits_time is not False else "NO"
+        if j.fits_memory is None and j.fits_time is None:
+            verdict = "?"
+        lines.append(f"{j.role:<9} {j.artifact[:44]:<44} {num(j.params and j.params / 1e6, '.1f') + 'M' if j.params else '-':>8} "
+                     f"{shape:>22} {num(j.mem_bytes and j.mem_bytes / GiB, '.1f'):>8} "
+                     f"{num(j.flops and j.flops / 1e15, '.3g'):>10} {num(j.gpu_hours, '.1f'):>8} "
+                     f"{num(j.disk_bytes and j.disk_bytes / 1e9, '.2f'):>8}  {verdict} (mem {fits[j.fits_memory]}, "
+                     f"time {fits[j.fits_time]}){'  -> ' + j.advice if j.advice else ''}")
+    return "\n".join(lines)
+
+
+def check_fits(sweep, mfu: float = 0.4) -> None:
+    """Raise a UserError naming the first job of `sweep` that cannot fit its launcher block, and the fix.
+
+    Silent when `launcher.gpu_type` is unset or unknown (nothing to check against)."""
+    from digit_bench.errors import UserError
+
+    for j in plan_sweep(sweep, mfu):
+        if j.fits_memory is False or j.fits_time is False:
+            what = "memory" if j.fits_memory is False else "time limit"
+            raise UserError(f"{j.role} job {j.artifact} does not fit its launcher block ({what}): {j.advice}; "
+                            f"`digit-bench plan` shows every job")
