@@ -1,4 +1,4 @@
-"""The `digit-bench` command: ls | validate | plan | run | sweep | status | report | bench.
+"""The `digit-bench` command: ls | validate | plan | run | sweep | status | report | bench | doctor.
 
 Logs go to stderr and one JSON summary line to stdout. Every user error exits 2 with a one-line message naming the
 cause and the fix (`--debug` shows the traceback).
@@ -154,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_report)
     sub.add_parser("sweep", help="run a sweep (same as python -m digit_bench.sweep)", add_help=False)
     sub.add_parser("bench", help="tokenizer micro-benchmarks as a table", add_help=False)
+    sub.add_parser("doctor", help="device check of the paper path (same as python -m digit_bench.doctor)",
+                   add_help=False)
     return p
 
 
@@ -163,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         from digit_bench.sweep import main as sweep_main
 
         return sweep_main(argv[1:])
+    if argv[:1] == ["doctor"]:
+        from digit_bench.doctor import main as doctor_main
+
+        return doctor_main(argv[1:])
     if argv[:1] == ["bench"]:
         from digit_bench.bench import main as bench_main
 

@@ -186,10 +186,17 @@ def gpt_train(c: Check) -> list[dict]:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
 
-        step()  # AdamW state exists from here on, as in a long run
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(c.device)
-        seconds = c.timed(step, repeats=1 if c.tiny else 3)
+        try:
+            step()  # AdamW state exists from here on, as in a long run
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(c.device)
+            seconds = c.timed(step, repeats=1 if c.tiny else 3)
+        except torch.cuda.OutOfMemoryError:  # the memory model under-predicted: the finding, not a crash
+            predicted = train_memory(cfg, micro, precision=precision, device_type=c.device.type).total
+            rows.append(row(f"{size}.micro_batch", micro, "seq", note=f"OUT OF MEMORY at the planned micro-batch "
+                            f"(predicted {predicted / GiB:.2f} GiB of {budget / GiB:.1f} GiB)"))
+            del model, opt, idx
+            continue
         flops = gpt_train_flops(cfg) * micro
         tflops = flops / seconds / 1e12
         ratio, note = c.peak_ratio(tflops)

@@ -66,7 +66,7 @@ def test_time_guard_skips_and_says_so(tmp_path):
 
 @pytest.mark.slow
 def test_whole_tiny_check_on_cpu(tmp_path):
-    """`bash scripts/gpu_check.sh --device cpu --tiny`: every section, about a minute on 2 cores."""
+    """`bash scripts/gpu_check.sh --device cpu --tiny`: every section ok, in the table shape of the GPU run."""
     result, stdout = gpu_check(tmp_path)
     assert_shape(result, stdout)
     assert list(result["sections"]) == list(SECTIONS)
@@ -76,4 +76,11 @@ def test_whole_tiny_check_on_cpu(tmp_path):
     assert rows[("fid", "fid_rel_diff")]["value"] <= 1e-3
     assert "random-init" in rows[("features", "tflops")]["note"]
     assert rows[("ddp", "world_size")]["value"] == 1 and "gloo" in rows[("ddp", "world_size")]["note"]
-    assert result["wall_s"] < 120
+
+
+def test_digit_bench_doctor_is_the_same_command(tmp_path):
+    from digit_bench.cli import main
+
+    out = tmp_path / "x.json"
+    assert main(["doctor", "--device", "cpu", "--tiny", "--only", "kv_cache", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["sections"]["kv_cache"]["status"] == "ok"
