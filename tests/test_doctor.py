@@ -84,3 +84,20 @@ def test_digit_bench_doctor_is_the_same_command(tmp_path):
     out = tmp_path / "x.json"
     assert main(["doctor", "--device", "cpu", "--tiny", "--only", "kv_cache", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["sections"]["kv_cache"]["status"] == "ok"
+
+
+def test_random_inception_is_reproducible_and_its_features_do_not_collapse(tmp_path):
+    import numpy as np
+
+    from digit_bench.eval.fidelity import extract_features, random_inception_extractor
+
+    import torch
+
+    def weights(ex):
+        return torch.load(ex.weights, weights_only=True)["Conv2d_1a_3x3.conv.weight"]
+
+    a = random_inception_extractor(tmp_path / "a.pth", seed=0)
+    assert torch.equal(weights(random_inception_extractor(tmp_path / "b.pth", seed=0)), weights(a))
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)  # (N, H, W, 3)
+    feats = extract_features(images, a, 4, [a.feature_layer], cuda=False)[a.feature_layer]  # (4, 2048)
+    assert feats.shape == (4, 2048) and feats.std(0).mean() > 1e-3
