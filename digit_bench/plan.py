@@ -266,6 +266,19 @@ def _stage_gpt(cfg, role: str) -> tuple[GPTConfig, object]:
                       num_classes=1000 if cfg.gpt.class_conditional else 0), cfg.train
 
 
+def _maskgit_params(g: GPTConfig) -> int:
+    """Exact parameter count of the MaskGIT decoder with the widths of `g` (built on the meta device)."""
+    import torch
+
+    from digit_bench.models.maskgit import MaskGIT, MaskGITConfig
+
+    with torch.device("meta"):
+        model = MaskGIT(MaskGITConfig(vocab_size=g.vocab_size, seq_len=g.seq_len, prefix_vocab_size=g.prefix_vocab_size,
+                                      prefix_len=g.prefix_len, n_layer=g.n_layer, n_head=g.n_head, n_embd=g.n_embd,
+                                      n_ffn=g.n_ffn))
+    return sum(p.numel() for p in model.parameters())
+
+
 def plan_job(cfg, role: str, node, mfu: float = 0.4, gpu_type: Optional[str] = None) -> JobPlan:
     """The plan of node `node` playing `role` in run config `cfg` (an ExperimentConfig); `gpu_type` overrides
     `launcher.gpu_type`."""
@@ -280,6 +293,9 @@ def plan_job(cfg, role: str, node, mfu: float = 0.4, gpu_type: Optional[str] = N
         job.world, job.micro_batch = world, micro
         job.accum = -(-tcfg.batch_size // (world * micro))
         job.params = gpt_params(gcfg)
+        if role == "stage2" and cfg.stage2.kind == "maskgit":  # same widths, bidirectional: GPT formulas, exact params
+            job.params = _maskgit_params(gcfg)
+            job.advice = "memory: GPT formula (MaskGIT not modeled separately)"
         job.flops = gpt_train_flops(gcfg) * tcfg.batch_size * tcfg.steps
         job.memory = train_memory(gcfg, micro, ema=tcfg.ema > 0)
         job.mem_bytes = job.memory.total
@@ -290,7 +306,7 @@ def plan_job(cfg, role: str, node, mfu: float = 0.4, gpu_type: Optional[str] = N
             job.fits_memory = job.mem_bytes <= budget
             if not job.fits_memory:
                 best = max_micro_batch(gcfg, budget, ema=tcfg.ema > 0)
-                job.advice = (f"set {key}.micro_batch_size <= {best} (gradient accumulation keeps the global batch "
+                job.advice = (job.advice + "; " if job.advice else "") + (f"set {key}.micro_batch_size <= {best} (gradient accumulation keeps the global batch "
                               f"{tcfg.batch_size})" if best else f"{job.params / 1e6:.0f}M parameters do not fit one "
                               f"{spec.name}: choose a smaller {'stage2.size' if role == 'stage2' else 'gpt.size'}")
     elif role in ("features", "tokens"):
@@ -344,6 +360,7 @@ def format_plan(jobs: list[JobPlan], gpu_type: Optional[str], mfu: float) -> str
     head = (f"GPU: {spec.name} ({spec.memory_gb:g} GB, bf16 peak {spec.bf16_tflops:g} TFLOP/s), GPU-hours at "
             f"{mfu:.0%} MFU" if spec else f"GPU type {gpu_type!r} unknown: set launcher.gpu_type (h200, h100, a100, "
             f"...) for GPU-hours and fits; MFU/peaks unknown")
+    head += f"\nmodeled roles: {', '.join(PLANNED_ROLES)} (other stages are not in the plan)"
     lines = [head, f"{'role':<9} {'artifact':<44} {'params':>8} {'world x micro x accum':>22} {'GiB/GPU':>8} "
              f"{'PFLOP':>10} {'GPU-h':>8} {'disk GB':>8}  fits"]
 
