@@ -11,15 +11,19 @@ Sections (each in its own try/except: a failure is recorded in the JSON and the 
 - gpt_train  digit-b and digit-l training steps at the largest micro-batch `plan.max_micro_batch` predicts fits:
              tokens/s, MFU, measured peak memory against the prediction, and the ops that dominate the step.
 - kv_cache   sampling 256 tokens at batch 256 with and without the KV cache (digit-b).
-- fid        torch-fidelity Inception features of 2 x 2500 synthetic images on the device and on the CPU: FID agrees.
+- fid        torch-fidelity Inception features of 2 x 2500 synthetic images on the device and on the CPU (TF32
+             off): |FID_device - FID_cpu| / max(1, FID_cpu) <= 1e-3.
 - ddp        training.fit for 2 updates under torch.distributed: NCCL on GPUs (2 ranks if 2 GPUs), gloo on the CPU.
 - paper_e2e  the real stages of the `paper` profile (`digit_bench.sweep --profile paper --set ...`) on a synthetic
              ImageNet-layout folder made here, with tiny step counts.
 
 Weights: nothing is downloaded. The DiGIT backbone and the Inception network have no weights on an offline machine,
 so those sections need `--random-weights` (random-init architectures, reported as such in every row they touch);
-Inception weights are used when `--inception-weights FILE` or $TORCH_HOME/hub/checkpoints has them. `--tiny` shrinks
-every size so that the whole check runs on a CPU; the table has the same rows either way.
+Inception weights are used when `--inception-weights FILE` or $TORCH_HOME/hub/checkpoints has them. The paper
+micro-run gets its random-init DINOv2 and Inception as weight files passed through `backbone.weights` and
+`eval.weights`, so the stages load them with their real code. `--tiny` shrinks every size so that the whole check
+runs on a CPU (gpt-micro/gpt-mini stand in for digit-b/digit-l, batch 2 for 256, K = 256 on 20k points, ...); the
+table has the same rows either way, and each row's note says what ran.
 """
 
 from __future__ import annotations
@@ -236,7 +240,6 @@ def kv_cache(c: Check) -> list[dict]:
 
 
 def fid(c: Check) -> list[dict]:
-    from torch_fidelity.helpers import get_kwarg  # noqa: F401  (torch-fidelity present)
     from torch_fidelity.metric_fid import fid_features_to_statistics
 
     from digit_bench.eval.fidelity import (INCEPTION_FILE, extract_features, frechet_distance, inception_extractor,
@@ -254,7 +257,7 @@ def fid(c: Check) -> list[dict]:
     a = rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8)  # (N, S, S, 3) noise
     b = np.clip(a.astype(np.int16) // 2 + 64 + rng.integers(-20, 21, a.shape), 0, 255).astype(np.uint8)  # (N, S, S, 3)
     cudnn_tf32 = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False  # TF32 convolutions move Inception features by ~1e-3 relative
+    torch.backends.cudnn.allow_tf32 = False  # fp32 convolutions on both sides: compare devices, not precisions
     try:
         values, seconds = {}, {}
         for where in dict.fromkeys([c.device.type, "cpu"]):
