@@ -18,6 +18,7 @@ API
   weights, gradients, AdamW state, EMA copy, autocast's bf16 weight copies, saved activations and the loss peak
   (fp32 log-softmax and its gradient); `.total` is the predicted peak of `torch.cuda.max_memory_allocated`, a
   slight overestimate (gradients are counted as if they coexisted with all activations).
+- `saved_activation_bytes(model, fn) -> int`: the measured counterpart (autograd's saved storages during `fn()`).
 - `max_micro_batch(cfg, budget_bytes, **train_memory_kwargs) -> int`: the largest micro-batch whose `.total` fits
   (0 when even one sequence does not).
 - `kv_cache_bytes(cfg, batch, dtype_bytes=4) -> int`: the sampling KV cache of `GPT.generate`.
@@ -135,6 +136,26 @@ def train_memory(cfg: GPTConfig, micro_batch: int, precision: str = "bf16", devi
         autocast_copies=2 * _linear_params(cfg) if precision == "bf16" else 0,
         activations=micro_batch * activation_bytes(cfg, precision, device_type),
         loss_peak=micro_batch * 2 * 4 * cfg.seq_len * cfg.vocab_size)
+
+
+def saved_activation_bytes(model, fn) -> int:
+    """Measured counterpart of `activation_bytes`: bytes of the distinct storages autograd saves while `fn()` runs,
+    leaving out `model`'s parameters and (casts of) Linear weights (`TrainMemory.autocast_copies`)."""
+    import torch
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        is_weight = t.grad_fn is not None and type(t.grad_fn).__name__ == "TBackward0"  # (a cast of) a Linear weight
+        if ptr not in params and not is_weight:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
 
 
 def max_micro_batch(cfg: GPTConfig, budget_bytes: float, **kwargs) -> int:

@@ -4,25 +4,8 @@ import pytest
 import torch
 
 from digit_bench.models.gpt import GPT, GPT_SIZES, gpt_config
-from digit_bench.plan import (activation_bytes, gpt_params, gpt_train_flops, gpu_spec,
-                              kv_cache_bytes, max_micro_batch, train_memory)
-
-
-def saved_activation_bytes(model: GPT, fn) -> int:
-    """Bytes of the distinct storages autograd saves during `fn()`, leaving out parameters and their casts."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        ptr = t.untyped_storage().data_ptr()
-        is_weight = t.grad_fn is not None and type(t.grad_fn).__name__ == "TBackward0"  # (a cast of) a Linear weight
-        if ptr not in params and not is_weight:
-            seen[ptr] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(seen.values())
+from digit_bench.plan import (activation_bytes, gpt_params, gpt_train_flops, gpu_spec, kv_cache_bytes,
+                              max_micro_batch, saved_activation_bytes, train_memory)
 
 
 @pytest.mark.parametrize("size", list(GPT_SIZES))
