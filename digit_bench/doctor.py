@@ -482,7 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", choices=SECTIONS, help="run only this section (repeatable)")
     p.add_argument("--random-weights", action="store_true",
                    help="allow random-init DINOv2 and Inception architectures (no weights are downloaded)")
-    p.add_argument("--inception-weights", default=None, help="torch-fidelity Inception weight file (default: the torch.hub cache)")
+    p.add_argument("--inception-weights", default=None,
+                   help="torch-fidelity Inception weight file (default: the torch.hub cache)")
     p.add_argument("--time-budget-s", type=float, default=480.0, help="global time guard (default 480 = 8 min)")
     p.add_argument("--out", default=None, help="JSON path (default results/gpu/<device>.json)")
     return p
