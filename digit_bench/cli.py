@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_validate)
     s = sub.add_parser("plan", help="FLOPs, memory per GPU, disk, GPU-hours and fit of every job; compute nothing")
     add_sweep_args(s)
-    s.add_argument("--gpu-type", default=None, help="GPU to plan for (h200, h100, a100, ...); default launcher.gpu_type")
+    s.add_argument("--gpu-type", default=None,
+                   help="GPU to plan for (h200, h100, a100, ...); default launcher.gpu_type")
     s.add_argument("--mfu", type=float, default=0.4, help="model FLOP utilisation assumed for GPU-hours (default 0.4)")
     s.set_defaults(fn=cmd_plan)
     s = sub.add_parser("run", help="compute one stage (role) of every run, in-process")

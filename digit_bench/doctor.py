@@ -60,7 +60,8 @@ class Check:
         self.device = torch.device(args.device)
         self.tiny = args.tiny
         self.deadline = time.monotonic() + args.time_budget_s
-        self.name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or "cpu"
+        cuda = self.device.type == "cuda"
+        self.name = torch.cuda.get_device_name(self.device) if cuda else platform.processor() or "cpu"
         self.spec = gpu_spec(self.name) if self.device.type == "cuda" else None
         self.sections: dict[str, dict] = {}
 

@@ -72,7 +72,8 @@ def _linear_params(cfg: GPTConfig) -> int:
 
 
 def gpt_train_flops(cfg: GPTConfig) -> float:
-    """Training FLOPs (forward + backward) of one sequence: prefix + target through the blocks, target through the head."""
+    """Training FLOPs (forward + backward) of one sequence: prefix + target through the blocks, target through the
+    head."""
     groups = gpt_param_groups(cfg)
     L = cfg.prefix_len + cfg.seq_len
     return (6 * (groups["blocks"] + groups["final_norm"]) * L + 6 * groups["head"] * cfg.seq_len
@@ -124,7 +125,8 @@ class TrainMemory:
         return sum(getattr(self, f.name) for f in fields(self))
 
     def as_gib(self) -> dict[str, float]:
-        return {**{f.name: round(getattr(self, f.name) / GiB, 3) for f in fields(self)}, "total": round(self.total / GiB, 3)}
+        gib = {f.name: round(getattr(self, f.name) / GiB, 3) for f in fields(self)}
+        return {**gib, "total": round(self.total / GiB, 3)}
 
 
 def train_memory(cfg: GPTConfig, micro_batch: int, precision: str = "bf16", device_type: str = "cuda",
@@ -327,9 +329,10 @@ def plan_job(cfg, role: str, node, mfu: float = 0.4, gpu_type: Optional[str] = N
             job.fits_memory = job.mem_bytes <= budget
             if not job.fits_memory:
                 best = max_micro_batch(gcfg, budget, ema=tcfg.ema > 0)
-                job.advice = (job.advice + "; " if job.advice else "") + (f"set {key}.micro_batch_size <= {best} (gradient accumulation keeps the global batch "
-                              f"{tcfg.batch_size})" if best else f"{job.params / 1e6:.0f}M parameters do not fit one "
-                              f"{spec.name}: choose a smaller {'stage2.size' if role == 'stage2' else 'gpt.size'}")
+                fix = (f"set {key}.micro_batch_size <= {best} (gradient accumulation keeps the global batch "
+                       f"{tcfg.batch_size})" if best else f"{job.params / 1e6:.0f}M parameters do not fit one "
+                       f"{spec.name}: choose a smaller {'stage2.size' if role == 'stage2' else 'gpt.size'}")
+                job.advice = (job.advice + "; " if job.advice else "") + fix
     elif role in ("features", "tokens"):
         depth, width = _vit_dims(cfg)
         T = _grid(cfg) ** 2
@@ -394,7 +397,8 @@ def format_plan(jobs: list[JobPlan], gpu_type: Optional[str], mfu: float) -> str
         verdict = "yes" if j.fits_memory is not False and j.fits_time is not False else "NO"
         if j.fits_memory is None and j.fits_time is None:
             verdict = "?"
-        lines.append(f"{j.role:<9} {j.artifact[:44]:<44} {num(j.params and j.params / 1e6, '.1f') + 'M' if j.params else '-':>8} "
+        params = f"{j.params / 1e6:.1f}M" if j.params else "-"
+        lines.append(f"{j.role:<9} {j.artifact[:44]:<44} {params:>8} "
                      f"{shape:>22} {num(j.mem_bytes and j.mem_bytes / GiB, '.1f'):>8} "
                      f"{num(j.flops and j.flops / 1e15, '.3g'):>10} {num(j.gpu_hours, '.1f'):>8} "
                      f"{num(j.disk_bytes and j.disk_bytes / 1e9, '.2f'):>8}  {verdict} (mem {fits[j.fits_memory]}, "
