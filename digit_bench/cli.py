@@ -1,4 +1,4 @@
-"""The `digit-bench` command: ls | validate | run | sweep | status | report | score | import | bench.
+"""The `digit-bench` command: ls | validate | plan | run | sweep | status | report | score | import | bench | doctor.
 
 Logs go to stderr and one JSON summary line to stdout. Every user error exits 2 with a one-line message naming the
 cause and the fix (`--debug` shows the traceback).
@@ -55,6 +55,20 @@ def cmd_validate(args: argparse.Namespace) -> dict:
     print(describe(plan, Store(args.root or default_root())), file=sys.stderr)
     return {"valid": True, "sweep": sweep.name, "profile": sweep.profile, "runs": len(sweep.runs),
             "run_ids": [r.run_id for r in sweep.runs], "artifacts": sum(len(w) for w in plan.waves)}
+
+
+def cmd_plan(args: argparse.Namespace) -> dict:
+    """Per job: FLOPs, memory per GPU, disk, GPU-hours and whether it fits its launcher block."""
+    from digit_bench.config import load_sweep
+    from digit_bench.plan import format_plan, plan_sweep
+
+    sweep = load_sweep(args.yaml, args.profile, args.sets)
+    gpu_type = args.gpu_type or getattr(sweep.runs[0].cfg.launcher, "gpu_type", None)
+    jobs = plan_sweep(sweep, args.mfu, gpu_type)
+    print(format_plan(jobs, gpu_type, args.mfu), file=sys.stderr)
+    return {"sweep": sweep.name, "profile": sweep.profile, "gpu_type": gpu_type, "mfu": args.mfu,
+            "all_fit": all(j.fits_memory is not False and j.fits_time is not False for j in jobs),
+            "jobs": [{k: v for k, v in vars(j).items() if k != "memory"} for j in jobs]}
 
 
 def cmd_run(args: argparse.Namespace) -> dict:
@@ -132,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("validate", help="expand and type-check a sweep; print runs and artifact ids; compute nothing")
     add_sweep_args(s)
     s.set_defaults(fn=cmd_validate)
+    s = sub.add_parser("plan", help="FLOPs, memory per GPU, disk, GPU-hours and fit of every job; compute nothing")
+    add_sweep_args(s)
+    s.add_argument("--gpu-type", default=None,
+                   help="GPU to plan for (h200, h100, a100, ...); default launcher.gpu_type")
+    s.add_argument("--mfu", type=float, default=0.4, help="model FLOP utilisation assumed for GPU-hours (default 0.4)")
+    s.set_defaults(fn=cmd_plan)
     s = sub.add_parser("run", help="compute one stage (role) of every run, in-process")
     s.add_argument("stage", help="role in the run DAG: features, centroids, tokens, gpt, samples, images, metrics, ...")
     add_sweep_args(s)
@@ -177,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_import)
     sub.add_parser("sweep", help="run a sweep (same as python -m digit_bench.sweep)", add_help=False)
     sub.add_parser("bench", help="tokenizer micro-benchmarks as a table", add_help=False)
+    sub.add_parser("doctor", help="device check of the paper path (same as python -m digit_bench.doctor)",
+                   add_help=False)
     return p
 
 
@@ -186,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         from digit_bench.sweep import main as sweep_main
 
         return sweep_main(argv[1:])
+    if argv[:1] == ["doctor"]:
+        from digit_bench.doctor import main as doctor_main
+
+        return doctor_main(argv[1:])
     if argv[:1] == ["bench"]:
         from digit_bench.bench import main as bench_main
 

@@ -153,6 +153,36 @@ def inception_extractor(weights: str | None = None) -> Extractor:
     return Extractor("inception", "inception-v3-compat", str(path), file_sha256(path), "2048", "logits_unbiased", True)
 
 
+def random_inception_extractor(path: Path, seed: int = 0) -> Extractor:
+    """torch-fidelity's InceptionV3 architecture with seeded random init, written to `path` (offline device checks).
+
+    BatchNorm statistics are calibrated on one batch of noise images so that the features do not collapse. Its FID
+    is not the standard FID: only for comparing devices or timing, never for results.
+    """
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    class _RandomInit(FeatureExtractorInceptionV3):
+        def load_state_dict(self, state_dict, strict=True, assign=False):  # keep the layers' own (seeded) init
+            return None
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({}, path)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _RandomInit("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
+        # BatchNorm statistics from one batch of noise images: without them the random features collapse to ~0
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.reset_running_stats()
+                m.momentum = None  # cumulative average over the calibration batch
+        model.train()
+        with torch.no_grad():
+            model(torch.randint(0, 256, (8, 3, 299, 299), dtype=torch.uint8))  # (8, 3, 299, 299)
+    torch.save(model.state_dict(), path)
+    return Extractor("inception", "inception-v3-compat", str(path), file_sha256(path), "2048", "logits_unbiased", True)
+
+
 def dinov2_extractor(weights: str | None = None) -> Extractor:
     """torch-fidelity's DINOv2 ViT-L/14 (FD_DINOv2, dgm-eval's recommended encoder), from the torch.hub cache.
 
@@ -197,17 +227,18 @@ class UInt8Images(Dataset):
 
 
 def extract_features(images: np.ndarray, extractor: Extractor, batch_size: int = 64,
-                     layers: list[str] | None = None) -> dict[str, torch.Tensor]:
+                     layers: list[str] | None = None, cuda: bool | None = None) -> dict[str, torch.Tensor]:
     """Features of uint8 (N, H, W, 3) images through torch-fidelity's own extraction loop.
 
     Args:
         layers: torch-fidelity layer names; None = the FD layer plus the logits layer (if any).
+        cuda: run the extractor on the GPU; None = when one is available.
 
     Returns:
         {layer: float32 (N, D)} on the CPU.
     """
     layers = layers or [extractor.feature_layer] + ([extractor.logits_layer] if extractor.logits_layer else [])
-    cuda = torch.cuda.is_available()
+    cuda = torch.cuda.is_available() if cuda is None else cuda
     weights = {"feature_extractor_weights_path": extractor.weights} if extractor.pass_weights else {}
     module = create_feature_extractor(extractor.fidelity_name, list(layers), cuda=cuda, verbose=False, **weights)
     # save_cpu_ram: no DataLoader workers; the images are already in memory and workers only cost start-up time.
