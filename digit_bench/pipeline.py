@@ -1,4 +1,4 @@
-"""The stage DAG of one run (DESIGN.md §1), with artifact ids computed before anything runs.
+"""The stage DAG of one run, with artifact ids computed before anything runs.
 
 `run_dag(cfg)` returns the nodes a run needs, keyed by role ("features", "gpt", "metrics", ...). A node is a stage
 module (digit_bench/stages/<stage>.py exposing VERSION, RESUMABLE and `compute(cfg, parents, out) -> dict`), the

@@ -9,7 +9,7 @@ trains data-parallel, rank 0 publishing (compute_distributed). Failed jobs are r
 UserError is not retried) and then listed with the tail of their log; their descendants are skipped, and the command
 exits 1. At the end one flat row per run is written to `<root>/sweeps/<sweep>/<profile>/` and `report` turns them
 into results/<sweep>/<profile>/. Sweeps sharing a root compute each artifact once (the store's file locks).
-Design from DESIGN.md §6 and the hydra submitit plugin's resource schema (no hydra).
+Launcher fields follow the hydra submitit plugin's resource schema (no hydra).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Linear probes on frozen features: one head per layer, trained together; lr and layer chosen on held-out train.
 
-Protocol, after DiGIT's `model_linearprobe.py` + `sgd_hydra` (paper.md §4) and dinov2's multi-head linear eval:
+Protocol, after DiGIT's `model_linearprobe.py` + `sgd_hydra` (docs/paper.md §4) and dinov2's multi-head linear eval:
 - one `nn.Linear(D_l, C)` per layer l (init N(0, 0.01), bias 0), all trained in one pass with summed losses;
   the heads share no parameters, so training them together equals training them one by one;
 - SGD, momentum 0.9, weight decay 0, cosine schedule to 0 without warmup, cross-entropy without smoothing;

@@ -7,7 +7,7 @@ Tokens are the index of the nearest centroid by squared L2, `||f||² - 2 f·C + 
 
 Two backends, one set of statistics:
 - `faiss`: `faiss.Kmeans` (on all GPUs when faiss has any) and `IndexFlatL2` search; the fastest on CPU
-  (offline.md §5: ~0.9 of the fp32 matmul peak).
+  (about 0.9 of the fp32 matmul peak, measured on a 2-core CPU).
 - `torch`: Lloyd iterations with chunked `addmm` + argmin and `index_add_`; runs on any torch device. Empty
   clusters keep their previous centroid (faiss instead splits the largest cluster; both report empties).
 
