@@ -417,8 +417,7 @@ def run_sweep(args: argparse.Namespace) -> dict:
         if rows:
             from digit_bench.report import report_from_dir
 
-            report_from_dir(rdir, out_dir, sweep.name, sweep.profile,
-                            Path(__file__).resolve().parents[1] / "baselines" / "published.csv")
+            report_from_dir(rdir, out_dir, sweep.name, sweep.profile, store=store)
     for f in failed:
         log.error("FAILED %s at %s/%s:\n%s", f["run_id"], f["stage"], f["artifact"], f["error"])
     log.info("results: %s/table.md and %s/index.html", out_dir, out_dir)
