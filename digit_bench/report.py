@@ -200,6 +200,12 @@ def t_interval(values: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
     return values.mean() - half, values.mean() + half
 
 
+def _constant(values) -> bool:
+    """True when the values are equal up to float rounding (a seed-independent metric)."""
+    values = np.asarray(values, dtype=float)
+    return np.ptp(values) <= 1e-9 * max(1.0, np.abs(values).max())
+
+
 @dataclass
 class Cell:
     """The runs of one table cell for one metric: values by seed, and per-run interval bounds when there are some."""
@@ -213,7 +219,7 @@ class Cell:
 
     def interval(self) -> Optional[tuple[float, float]]:
         """95% t-interval over seeds (>= 2 seeds that differ), else the per-run interval of a single run."""
-        if len(self.values) >= 2 and self.values.std(ddof=1) > 0:
+        if len(self.values) >= 2 and not _constant(self.values):
             return t_interval(self.values.to_numpy())
         if len(self.values) == 1 and self.low is not None and not pd.isna(self.low):
             return self.low, self.high
@@ -225,13 +231,13 @@ def differ(a: Cell, b: Cell, level: float = LEVEL) -> tuple[Optional[bool], str]
     common = a.values.index.intersection(b.values.index)
     if len(common) >= 2:
         d = (b.values[common] - a.values[common]).to_numpy()
-        if d.std(ddof=1) == 0:
+        if _constant(d):
             return (None, "none") if d.mean() != 0 else (False, "paired")  # no noise measured, or identical
         lo, hi = t_interval(d, level)
         return not lo <= 0 <= hi, "paired t"
     if len(a.values) >= 2 and len(b.values) >= 2:
         va, vb = a.values.var(ddof=1) / len(a.values), b.values.var(ddof=1) / len(b.values)
-        if va + vb == 0:
+        if _constant(a.values) and _constant(b.values):
             return (None, "none") if a.mean != b.mean else (False, "Welch t")
         dof = (va + vb) ** 2 / (va ** 2 / (len(a.values) - 1) + vb ** 2 / (len(b.values) - 1))
         half = stats.t.ppf(0.5 + level / 2, dof) * math.sqrt(va + vb)
@@ -324,7 +330,7 @@ def _spread_text(c: Cell, name: str) -> str:
         return ", ".join(_fmt_key(v) for v in sorted(set(c.values)))
     if name in ("params", "flops") or name.startswith("cost."):
         return _human(c.mean) if len(set(c.values)) == 1 else f"{_human(c.mean)} ± {_human(c.values.std(ddof=1))}"
-    if len(c.values) < 2 or c.values.std(ddof=1) == 0:
+    if len(c.values) < 2 or _constant(c.values):
         return _num(c.mean)
     return f"{_num(c.mean)} ± {c.values.std(ddof=1):.2g}"
 
@@ -486,8 +492,8 @@ def _claim_rows(runs: pd.DataFrame, side: str, name: str) -> Optional[pd.DataFra
         rows = runs[runs["generator"] == side]
     elif side in ("largest", "smallest"):
         rows = runs[runs["generator"] == "digit"]
-        if "params" not in rows or rows["params"].nunique() < 2:
-            return None
+        if "params" not in rows or "gpt.size" not in rows or rows["gpt.size"].nunique() < 2:
+            return None  # only a sweep over the GPT's size tests it
         target = rows["params"].max() if side == "largest" else rows["params"].min()
         return rows[rows["params"] == target]
     else:
