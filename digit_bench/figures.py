@@ -228,7 +228,7 @@ def fd_vs_cost(df, runs, keys, fd):
     return fig, f"fig_{fd}_vs_{x}"
 
 
-ROLE_TITLES = {"gpt": "stage-1 GPT", "stage2": "stage-2 decoder", "vqgan": "VQGAN", "diffusion": "LDM denoiser",
+ROLE_TITLES = {"gpt": "stage-1 GPT", "stage2": "stage-2 decoder", "vqgan": "VQGAN (reconstruction)", "diffusion": "LDM denoiser",
                "vae": "LDM autoencoder", "ssl": "SSL backbone", "classifier": "local extractor"}
 
 
@@ -254,7 +254,8 @@ def training_curves(curves: pd.DataFrame, runs: pd.DataFrame, keys: list[str]) -
             ax.plot(g["step"], g["loss"].rolling(window, min_periods=1).mean(), lw=1.2,
                     color=colour(run) if per_run else None, label=label)
         ax.set_title(ROLE_TITLES[role], fontsize=10)
-        ax.set(xlabel="optimiser step", ylabel="training loss  ↓")
+        keys = ", ".join(sorted(set(part["key"]))) if "key" in part else "loss"
+        ax.set(xlabel="optimiser step", ylabel=f"training {keys}  ↓")
         ax.grid(alpha=0.3)
         if part["artifact"].nunique() <= 8:
             ax.legend(fontsize="x-small")

@@ -71,7 +71,8 @@ TEX_ARROWS = {"↓": r"$\downarrow$", "↑": r"$\uparrow$"}
 # The training loss of each trained role, as it is named in that stage's log.jsonl (first key present wins).
 TRAINED_ROLES = {"gpt": "train", "stage2": "stage2", "vqgan": "vqgan", "diffusion": "diffusion", "vae": "vae",
                  "ssl": "pretrain_ssl", "classifier": "classifier"}
-LOSS_KEYS = ("loss", "loss/gen", "train_loss", "loss/total")
+LOSS_KEYS = {"vqgan": ("rec_loss",), "vae": ("rec_l1", "loss/main")}  # the GAN/KL terms hide the trend
+DEFAULT_LOSS_KEYS = ("loss/main", "loss")
 IMAGE_STAGES = ("render", "ldm_sample", "real_images")
 
 
@@ -650,7 +651,7 @@ def collect_artifacts(df: pd.DataFrame, store, out_dir: Path) -> None:
             if aid not in seen:
                 seen.add(aid)
                 curves += _loss_curve(trained.path / "log.jsonl", role, aid, row["run_id"])
-    pd.DataFrame(curves, columns=["role", "artifact", "run_id", "step", "loss"]).to_csv(out_dir / "curves.csv",
+    pd.DataFrame(curves, columns=["role", "artifact", "run_id", "step", "loss", "key"]).to_csv(out_dir / "curves.csv",
                                                                                        index=False)
 
 
@@ -658,9 +659,10 @@ def _loss_curve(log: Path, role: str, artifact: str, run_id: str) -> list[dict]:
     out = []
     for line in log.read_text().splitlines():
         rec = json.loads(line) if line.strip() else {}
-        key = next((k for k in LOSS_KEYS if k in rec), None)
+        key = next((k for k in LOSS_KEYS.get(role, DEFAULT_LOSS_KEYS) if k in rec), None)
         if key is not None and "step" in rec:
-            out.append({"role": role, "artifact": artifact, "run_id": run_id, "step": rec["step"], "loss": rec[key]})
+            out.append({"role": role, "artifact": artifact, "run_id": run_id, "step": rec["step"], "loss": rec[key],
+                        "key": key})
     return out
 
 
