@@ -88,22 +88,16 @@ def cmd_run(args: argparse.Namespace) -> dict:
 
 
 def cmd_status(args: argparse.Namespace) -> dict:
-    """Runs x stages: which artifacts are DONE."""
+    """Runs x stages, live: done / running (step/total) / failed / queued / partial / -, with job ids and log paths."""
     from digit_bench.artifacts import Store, default_root
     from digit_bench.config import load_sweep
+    from digit_bench.status import format_status, sweep_status
     from digit_bench.sweep import make_plan
 
     sweep = load_sweep(args.yaml, args.profile, args.sets)
     store = Store(args.root or default_root())
-    plan = make_plan(sweep)
-    table = {}
-    for run in sweep.runs:
-        dag = plan.dags[run.run_id]
-        table[run.run_id] = {role: ("done" if store.lookup(n.stage, n.id) else "-") for role, n in dag.items()}
-    roles = list(next(iter(plan.dags.values())))
-    print(f"{'run':<48} " + " ".join(f"{r[:10]:>10}" for r in roles), file=sys.stderr)
-    for rid, st in table.items():
-        print(f"{rid:<48} " + " ".join(f"{st.get(r, ''):>10}" for r in roles), file=sys.stderr)
+    roles, table = sweep_status(make_plan(sweep), store)
+    print(format_status(roles, table), file=sys.stderr)
     return {"status": table}
 
 
@@ -161,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("stage", help="role in the run DAG: features, centroids, tokens, gpt, samples, images, metrics, ...")
     add_sweep_args(s)
     s.set_defaults(fn=cmd_run)
-    s = sub.add_parser("status", help="runs x stages table of what is DONE")
+    s = sub.add_parser("status", help="runs x stages, live: done / running with progress / failed / queued, job ids, logs")
     add_sweep_args(s)
     s.set_defaults(fn=cmd_status)
     s = sub.add_parser("report", help="results/<sweep>/<profile>/: tables, figures, samples and pages; results/index.html")

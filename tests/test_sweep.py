@@ -337,8 +337,8 @@ def test_failed_cell_is_retried_then_reported_and_its_descendants_skipped(micro,
 def test_status_shows_every_role_done_after_the_sweep(micro, capsys):
     assert cli.main(["status", str(MICRO), "--profile", "smoke", "--root", str(micro.root), *FAST]) == 0
     status = json.loads(capsys.readouterr().out)["status"]
-    assert len(status) == 3 and {v for run in status.values() for v in run.values()} == {"done"}
+    assert len(status) == 3 and {v["state"] for run in status.values() for v in run.values()} == {"done"}
     assert cli.main(["status", str(MICRO), "--profile", "smoke", "--root", str(micro.root), *FAST,
                      "--set", "sample.top_k=5"]) == 0
     status = json.loads(capsys.readouterr().out)["status"]
-    assert {run["samples"] for run in status.values() if "samples" in run} == {"-"}
+    assert {run["samples"]["state"] for run in status.values() if "samples" in run} == {"-"}
