@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
+from tqdm import tqdm
 
 
 def _moments(feats: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
@@ -55,7 +56,7 @@ def _train_heads(feats: list[Tensor], labels: Tensor, idx: Tensor, lrs: list[lis
     opt = torch.optim.SGD(groups, momentum=0.9, weight_decay=0.0)
     steps = epochs * math.ceil(len(idx) / batch_size)
     sched = LambdaLR(opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * s / steps)))
-    for _ in range(epochs):
+    for _ in tqdm(range(epochs), desc=f"probe ({len(feats)} layers x {len(lrs[0])} lrs)", unit="epoch"):
         for batch in idx[torch.randperm(len(idx), generator=g)].split(batch_size):
             y = labels[batch].to(device)  # (B,)
             loss = torch.zeros((), device=device)

@@ -57,6 +57,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, DiTTransformer2DModel, UNet2
 from diffusers.models.embeddings import LabelEmbedding
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
+from tqdm import tqdm
 
 from digit_bench.config import LDMConfig
 from digit_bench.errors import UserError
@@ -351,7 +352,7 @@ def sample_ldm(model: Denoiser, vae: AutoencoderKL, scaling_factor: float, label
     net_config = model.net.config
     shape = (net_config.in_channels, net_config.sample_size, net_config.sample_size)
     images = []
-    for start in range(0, len(labels), batch_size):
+    for start in tqdm(range(0, len(labels), batch_size), desc="ldm sample", unit="batch"):
         y = torch.as_tensor(labels[start:start + batch_size], dtype=torch.long, device=device)  # (b,)
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds[start:start + batch_size]]
         scheduler = sampling_scheduler(cfg)  # fresh per batch: multistep schedulers keep state

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import adjusted_rand_score
+from tqdm import tqdm
 
 from digit_bench.errors import UserError
 
@@ -108,7 +109,7 @@ def _torch_kmeans(xs: np.ndarray, k: int, niter: int, seed: int, spherical: bool
     x = torch.from_numpy(xs).to(device)  # (N, D)
     c = _kmeanspp(x, k, g) if init == "kmeans++" else x[torch.randperm(len(x), generator=g)[:k].to(device)].clone()
     obj = []
-    for _ in range(niter):
+    for _ in tqdm(range(niter), desc=f"k-means K={k}", unit="iter"):
         labels, dist = nearest_centroid(x, c)  # (N,), (N,)
         obj.append(dist.sum().item())
         sums = torch.zeros_like(c).index_add_(0, labels, x)  # (K, D)
