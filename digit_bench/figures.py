@@ -134,9 +134,8 @@ def fd_vs_k(df, runs, keys, fd):
 def fd_vs_params(df, runs, keys, fd):
     if fd is None or "params" not in runs:
         return None
-    cell_params = runs.groupby(keys, dropna=False)["params"].mean() if keys else runs["params"]
-    if cell_params.nunique() < 2:
-        return None
+    if runs.groupby("generator")["params"].nunique().max() < 2:
+        return None  # no generator changes size in this sweep: the x axis would only separate generators
     fig, ax = _new("Sample quality vs generator size")
     for gen, g in runs.groupby("generator", sort=True):
         sub = list(g.groupby(keys, dropna=False, sort=True)) if keys else [(None, g)]
