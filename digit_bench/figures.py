@@ -63,14 +63,15 @@ def _new(title: str, size=(6.4, 4.6)) -> tuple[Figure, object]:
 
 
 def _errorbar(ax, xs, group, **kw) -> None:
-    """Means with 95% error bars (cells without an interval get a bare marker)."""
+    """Means as markers (and a line unless ls="none"), each cell's 95% interval as a capped bar drawn from its own
+    bounds: a per-run bootstrap interval may exclude the point estimate, and the figure shows it as it is."""
     means = np.array([c.mean for c in group])
-    lo, hi = [], []
-    for c, m in zip(group, means):
-        iv = c.interval()
-        lo.append(m - iv[0] if iv else 0.0)
-        hi.append(iv[1] - m if iv else 0.0)
-    ax.errorbar(xs, means, yerr=[lo, hi], capsize=3, marker="o", **kw)
+    ax.plot(xs, means, marker="o", **{"ls": "-", **kw})
+    bars = [(x, c.interval()) for x, c in zip(xs, group) if c.interval()]
+    if bars:
+        lo, hi = np.array([b[1][0] for b in bars]), np.array([b[1][1] for b in bars])
+        ax.errorbar([b[0] for b in bars], (lo + hi) / 2, yerr=(hi - lo) / 2, fmt="none", capsize=3,
+                    color=kw.get("color"), alpha=0.8)
 
 
 def _series(runs: pd.DataFrame, keys: list[str], x: str) -> list[tuple[str, str, pd.DataFrame]]:

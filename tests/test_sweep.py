@@ -107,6 +107,7 @@ class FakeJob:
 
     def __init__(self, spec: dict, outcome, finish=lambda: None):
         self.spec, self.outcome, self.finish, self.job_id = spec, outcome, finish, f"job-{spec['id']}"
+        self.paths = SimpleNamespace(stdout=f"logs/{self.job_id}.out", stderr=f"logs/{self.job_id}.err")
 
     def result(self) -> dict:
         self.finish()
