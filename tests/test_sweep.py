@@ -102,6 +102,25 @@ def test_local_cluster_computes_the_micro_sweep_in_subprocesses(micro):
         assert manifest.get("device", f"cpu x{THREADS}") == f"cpu x{THREADS}"  # local_workers jobs share the cores
 
 
+def test_the_sweep_report_shows_grey_samples_and_the_protocol_card(micro):
+    """The report of a real sweep: every run's and ceiling's sample grid copied beside the tables, grey like its
+    Fashion-MNIST data (R=G=B), and the protocol the evaluate stage recorded on every table."""
+    import numpy as np
+    from PIL import Image
+
+    out = micro.results / "micro" / "smoke"
+    df = pd.read_csv(out / "results.csv")
+    assert {p.stem for p in (out / "samples").glob("*.png")} == set(df["run_id"])
+    for grid in (out / "samples").glob("*.png"):
+        rgb = np.asarray(Image.open(grid).convert("RGB")).astype(int)  # (H, W, 3)
+        assert (rgb.max(-1) - rgb.min(-1)).max() == 0, grid.name
+    extractor = df["protocol_local"].dropna().iloc[0].split(" | ")[0]
+    for name in ("table.md", "comparison.md", "index.html"):
+        assert extractor in (out / name).read_text(), name
+    assert (df["protocol"].str.contains(extractor, regex=False)).all()
+    assert (micro.results / "index.html").is_file() and set(pd.read_csv(out / "curves.csv")["role"]) >= {"gpt", "vqgan"}
+
+
 class FakeJob:
     """A submitit job: `result()` calls `finish` (the job running to its end), then returns or raises `outcome`."""
 
