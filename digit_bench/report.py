@@ -28,7 +28,6 @@ re-render it from its results.csv).
 
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import math
