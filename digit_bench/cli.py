@@ -51,6 +51,18 @@ def cmd_validate(args: argparse.Namespace) -> dict:
     from digit_bench.sweep import describe, make_plan
 
     sweep = load_sweep(args.yaml, args.profile, args.sets)
+    if args.print_config:
+        import yaml
+
+        from digit_bench.config import to_dict
+
+        runs = [r for r in sweep.runs if args.print_config in ("all", r.run_id)]
+        if not runs:
+            raise UserError(f"no run {args.print_config!r} in {args.yaml}; its runs: "
+                            f"{', '.join(r.run_id for r in sweep.runs)} (or pass --print-config all)")
+        for r in runs:
+            print(f"# run {r.run_id}\n" + yaml.safe_dump(to_dict(r.cfg), sort_keys=False), end="---\n")
+        return None
     plan = make_plan(sweep)
     print(describe(plan, Store(args.root or default_root())), file=sys.stderr)
     return {"valid": True, "sweep": sweep.name, "profile": sweep.profile, "runs": len(sweep.runs),
@@ -90,36 +102,53 @@ def cmd_run(args: argparse.Namespace) -> dict:
 
 
 def cmd_status(args: argparse.Namespace) -> dict:
-    """Runs x stages: which artifacts are DONE."""
+    """Runs x stages, live: done / running (step/total) / failed / queued / partial / -, with job ids and log paths."""
     from digit_bench.artifacts import Store, default_root
     from digit_bench.config import load_sweep
+    from digit_bench.status import format_status, sweep_status
     from digit_bench.sweep import make_plan
 
     sweep = load_sweep(args.yaml, args.profile, args.sets)
     store = Store(args.root or default_root())
-    plan = make_plan(sweep)
-    table = {}
-    for run in sweep.runs:
-        dag = plan.dags[run.run_id]
-        table[run.run_id] = {role: ("done" if store.lookup(n.stage, n.id) else "-") for role, n in dag.items()}
-    roles = list(next(iter(plan.dags.values())))
-    print(f"{'run':<48} " + " ".join(f"{r[:10]:>10}" for r in roles), file=sys.stderr)
-    for rid, st in table.items():
-        print(f"{rid:<48} " + " ".join(f"{st.get(r, ''):>10}" for r in roles), file=sys.stderr)
+    roles, table = sweep_status(make_plan(sweep), store)
+    print(format_status(roles, table), file=sys.stderr)
     return {"status": table}
 
 
-def cmd_report(args: argparse.Namespace) -> dict:
+def cmd_report(args: argparse.Namespace) -> dict | None:
+    """Report each target: a sweep YAML (+ --profile), a sweep name, or a results folder (re-rendered from its CSV)."""
     from digit_bench.artifacts import Store, default_root
-    from digit_bench.report import report_from_dir
+    from digit_bench.config import load_sweep
+    from digit_bench.report import readme_snippet, report_from_csv, report_from_dir
     from digit_bench.sweep import rows_dir
 
-    rdir = rows_dir(Store(args.root or default_root()), args.sweep, args.profile)
-    if not rdir.is_dir():
-        raise UserError(f"no rows for sweep {args.sweep!r} profile {args.profile} under {rdir}; run the sweep first")
-    out = Path(args.results) / args.sweep / args.profile
-    report_from_dir(rdir, out, args.sweep, args.profile, Path(__file__).resolve().parents[1] / "baselines" / "published.csv")
-    return {"report": str(out)}
+    done = []
+    for target in args.targets:
+        path = Path(target)
+        if path.suffix in (".yaml", ".yml"):
+            sweep = load_sweep(target, args.profile, args.sets)
+            name, profile = sweep.name, sweep.profile
+        elif (path / "results.csv").is_file() or path.name == "results.csv":
+            if args.out and len(args.targets) > 1:
+                raise UserError("--out takes one target; report the folders one by one or leave --out out")
+            out = Path(args.out) if args.out else None
+            report_from_csv(path, out)
+            done.append(out or (path if path.is_dir() else path.parent))
+            continue
+        else:
+            name, profile = target, args.profile or "tiny"
+        store = Store(args.root or default_root())
+        rdir = rows_dir(store, name, profile)
+        if not rdir.is_dir():
+            raise UserError(f"no rows for sweep {name!r} profile {profile} under {rdir}; run the sweep first, or pass "
+                            "--root <its artifact root>, or a results folder such as results/backbones/tiny")
+        out = Path(args.out) if args.out else Path(args.results) / name / profile
+        report_from_dir(rdir, out, name, profile, store=store)
+        done.append(out)
+    if args.readme:
+        print("\n".join(readme_snippet(d) for d in done))
+        return None
+    return {"report": [str(d) for d in done], "index": [str(Path(d) / "index.html") for d in done]}
 
 
 def cmd_score(args: argparse.Namespace) -> dict:
@@ -145,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_ls)
     s = sub.add_parser("validate", help="expand and type-check a sweep; print runs and artifact ids; compute nothing")
     add_sweep_args(s)
+    s.add_argument("--print-config", nargs="?", const="all", default=None, metavar="RUN_ID",
+                   help="print the resolved YAML config of every run (or of RUN_ID) instead of the plan")
     s.set_defaults(fn=cmd_validate)
     s = sub.add_parser("plan", help="FLOPs, memory per GPU, disk, GPU-hours and fit of every job; compute nothing")
     add_sweep_args(s)
@@ -156,14 +187,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("stage", help="role in the run DAG: features, centroids, tokens, gpt, samples, images, metrics, ...")
     add_sweep_args(s)
     s.set_defaults(fn=cmd_run)
-    s = sub.add_parser("status", help="runs x stages table of what is DONE")
+    s = sub.add_parser("status", help="runs x stages, live: done / running with progress / failed / queued, job ids, logs")
     add_sweep_args(s)
     s.set_defaults(fn=cmd_status)
-    s = sub.add_parser("report", help="tables, figures and index.html from a finished sweep's rows")
-    s.add_argument("sweep")
-    s.add_argument("--profile", default="tiny")
-    s.add_argument("--root", default=None)
-    s.add_argument("--results", default="results")
+    s = sub.add_parser("report", help="results/<sweep>/<profile>/: tables, figures, samples and pages; results/index.html")
+    s.add_argument("targets", nargs="+", metavar="TARGET",
+                   help="sweep file (ablations/backbones.yaml), sweep name, or a results folder to re-render")
+    s.add_argument("--profile", default=None, help="smoke | tiny (default) | paper")
+    s.add_argument("--root", default=None, help="artifact root (default $DIGIT_BENCH_ROOT or ./runs)")
+    s.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="as for the sweep")
+    s.add_argument("--results", default="results", help="where <sweep>/<profile>/ is written")
+    s.add_argument("--out", default=None, help="write into this folder instead of <results>/<sweep>/<profile>")
+    s.add_argument("--readme", action="store_true", help="print each target's README results block (markdown)")
     s.set_defaults(fn=cmd_report)
     s = sub.add_parser("score", help="FD/IS of generated images (folder, .npz, glob) on a sweep's evaluation path; "
                        "writes one row_kind=external CSV row")

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -590,7 +591,12 @@ def _parse_set(s: str) -> Override:
         value = yaml.safe_load(v)
     except yaml.YAMLError:
         raise UserError(f"--set {s!r}: the value is not valid YAML") from None
+    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):  # YAML 1.1 reads "3e-4" (no dot) as a string
+        value = float(value)
     return Override(k.strip(), value, "--set")
+
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)")
 
 
 def _expand(grid: Any, seeds: Any, where: str, cli: dict) -> list[dict]:

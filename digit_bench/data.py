@@ -100,6 +100,16 @@ def load_split(cfg: DataConfig, split: str) -> ImageSet:
 
 
 # ------------------------------------------------------------------------------------------------ transforms
+GREY_DATASETS = frozenset({"fashion_mnist", "digits"})  # one-channel sources, stored as R=G=B
+
+
+def to_grey(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> uint8 (N, H, W, 3) with R=G=B: the channel mean, as decoders with three outputs trained
+    on grey data still emit independent (coloured) channel noise."""
+    grey = images.astype(np.float32).mean(axis=-1, keepdims=True).round().astype(np.uint8)  # (N, H, W, 1)
+    return np.repeat(grey, 3, axis=-1)  # (N, H, W, 3)
+
+
 def to_rgb_size(grey_or_rgb: np.ndarray, size: int) -> np.ndarray:
     """uint8 (N, h, w[, 3]) -> uint8 (N, size, size, 3): 28->32 by zero padding (MNIST convention), else resize."""
     x = grey_or_rgb if grey_or_rgb.ndim == 4 else np.repeat(grey_or_rgb[..., None], 3, axis=-1)  # (N, h, w, 3)

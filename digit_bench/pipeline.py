@@ -1,4 +1,4 @@
-"""The stage DAG of one run (DESIGN.md §1), with artifact ids computed before anything runs.
+"""The stage DAG of one run, with artifact ids computed before anything runs.
 
 `run_dag(cfg)` returns the nodes a run needs, keyed by role ("features", "gpt", "metrics", ...). A node is a stage
 module (digit_bench/stages/<stage>.py exposing VERSION, RESUMABLE and `compute(cfg, parents, out) -> dict`), the
@@ -19,6 +19,7 @@ from types import ModuleType
 
 from digit_bench.artifacts import Artifact, Store, artifact_id
 from digit_bench.config import ExperimentConfig, to_dict
+from digit_bench.data import GREY_DATASETS
 
 SSL_BACKBONES = {"dino_tiny": "dino", "mae_tiny": "mae", "sup_tiny": "sup"}
 FIXED_SEED = 0  # seed of the shared instruments (VQGAN, stage 2, classifier)
@@ -120,6 +121,11 @@ def depth(node: Node, memo: dict | None = None) -> int:
 # ------------------------------------------------------------------------------------------------ the graph
 def _data(cfg: ExperimentConfig) -> dict:
     return to_dict(cfg.data)
+
+
+def _pixels(cfg: ExperimentConfig) -> dict:
+    """What a stage that makes pixels must know of the data set: grey data sets get grey (R=G=B) images."""
+    return {"grey": cfg.data.name in GREY_DATASETS}
 
 
 def classifier_node(cfg: ExperimentConfig) -> Node:
@@ -228,7 +234,8 @@ def run_dag(cfg: ExperimentConfig) -> dict[str, Node]:
         nodes["stage2"] = Node("stage2", f"{cfg.stage2.kind}-{cfg.stage2.size}-{label}",
                                {"stage2": to_dict(cfg.stage2), "seed": FIXED_SEED},
                                {"tokens": nodes["tokens"], "vq_tokens": nodes["vq_tokens"]})
-        render = {"stage2": to_dict(cfg.stage2), "sample_seed": cfg.sample.seed, "batch_size": cfg.sample.batch_size}
+        render = {"stage2": to_dict(cfg.stage2), "sample_seed": cfg.sample.seed, "batch_size": cfg.sample.batch_size,
+                  **_pixels(cfg)}
         nodes["images"] = Node("render", f"digit-{label}-s{cfg.seed}", {**render, "source": "samples"},
                                {"samples": nodes["samples"], "stage2": nodes["stage2"], "vqgan": nodes["vqgan"]})
         nodes["ceiling_images"] = Node("render", f"digit_vq_ceiling-{label}", {**render, "source": "ground_truth"},
@@ -243,9 +250,10 @@ def run_dag(cfg: ExperimentConfig) -> dict[str, Node]:
                                            "tokenizer": {"kind": "vqgan"}},
                                           {"tokens": nodes["vq_tokens"], "vqgan": nodes["vqgan"]})
         nodes["images"] = Node("render", f"vqgan_ar-s{cfg.seed}",
-                               {"source": "samples", "batch_size": cfg.sample.batch_size},
+                               {"source": "samples", "batch_size": cfg.sample.batch_size, **_pixels(cfg)},
                                {"samples": nodes["samples"], "vqgan": nodes["vqgan"]})
-        nodes["ceiling_images"] = Node("render", "vq_recon", {"source": "reconstruction", "batch_size": cfg.sample.batch_size},
+        nodes["ceiling_images"] = Node("render", "vq_recon", {"source": "reconstruction", "batch_size": cfg.sample.batch_size,
+                                                               **_pixels(cfg)},
                                        {"vqgan": nodes["vqgan"], "tokens": nodes["vq_tokens"]})
         nodes["ceiling_metrics"] = evaluate_node(cfg, nodes["ceiling_images"], "vq_only", FIXED_SEED, "vqgan")
     else:  # ldm
@@ -258,7 +266,8 @@ def run_dag(cfg: ExperimentConfig) -> dict[str, Node]:
         nodes.update(vae=vae, latents=latents, diffusion=diffusion)
         nodes["images"] = Node("ldm_sample", f"{ldm['denoiser']}-s{cfg.seed}",
                                {"ldm": ldm, "num_samples": cfg.sample.num_samples, "sample_seed": cfg.sample.seed,
-                                "batch_size": cfg.sample.batch_size, "conditional": cfg.gpt.class_conditional},
+                                "batch_size": cfg.sample.batch_size, "conditional": cfg.gpt.class_conditional,
+                                **_pixels(cfg)},
                                {"diffusion": diffusion, "vae": vae, "latents": latents})
     tokenizer_backbone = cfg.backbone.name if cfg.generator == "digit" else cfg.generator
     nodes["metrics"] = evaluate_node(cfg, nodes["images"], f"{cfg.generator}-s{cfg.seed}", cfg.seed, tokenizer_backbone)

@@ -12,6 +12,7 @@ import functools
 import importlib
 from typing import Any, Callable
 
+from digit_bench import metric_registry as _metric_registry
 from digit_bench.errors import UserError
 
 
@@ -118,12 +119,8 @@ EXTRACTORS.add("dinov2", "digit_bench.eval.fidelity:dinov2_extractor", "torch-fi
 EXTRACTORS.add("local", "digit_bench.eval.fidelity:local_extractor", "small classifier trained on the dataset's own train split")
 
 METRICS = Registry("metric")
-for _m, _d in (("fd", "Frechet distance (FID with inception)"), ("is", "Inception Score"), ("kid", "kernel distance"),
-               ("precision", "improved precision"), ("recall", "improved recall"), ("class_acc", "local classifier accuracy on conditional samples"),
-               ("probe_top1", "linear probe top-1 of the best layer"), ("codebook_usage", "fraction of codes used"),
-               ("codebook_perplexity", "exp(entropy) of code use"), ("token_change", "fraction of tokens changed by pixel noise"),
-               ("cos_sim", "cosine similarity of features before/after pixel noise")):
-    METRICS.add(_m, "digit_bench.report:higher_is_better", _d, name=_m)  # get(m)() -> True/False: its direction
+for _metric in _metric_registry.METRICS:  # get(m)() -> True/False/None: its direction
+    METRICS.add(_metric.name, "digit_bench.report:higher_is_better", _metric.protocol, name=_metric.name)
 
 ALL = {"datasets": DATASETS, "backbones": BACKBONES, "tokenizers": TOKENIZERS, "generators": GENERATORS,
        "extractors": EXTRACTORS, "metrics": METRICS}

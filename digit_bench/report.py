@@ -1,49 +1,54 @@
-"""Turn the metrics rows of one sweep and profile into tables, figures, a comparison with published numbers and a page.
+"""Turn the metrics rows of one sweep and profile into a results folder a researcher can read.
 
 `write_report` writes into `results/<sweep>/<profile>/`:
 
-    results.csv, results.parquet   tidy, one row per run (lists such as `probe_curve` are stored as JSON text)
-    table.md, table.tex            mean ± std over seeds per swept cell; ↑/↓ in the header; best cell in bold
-    fig_*.png                      seaborn figures drawn from results.csv alone (`figures_from_csv`)
-    comparison.md                  our cells beside the published LDM / VQGAN-AR / DiGIT rows of baselines/published.csv
-    failed.md                      failed runs: run id, stage, the tail of the error
-    index.html                     every table and figure on one page
+    results.csv, results.parquet   tidy, one row per run (lists as JSON text) with a `protocol` card column
+    table.md, table.tex            main table (mean and 95% interval, significance marks, gap to ceiling), ceilings,
+                                   full table (mean ± std of every headline metric), protocol card, provenance
+    comparison.md                  ours-vs-paper verdict per claim, computed from the rows, then the published rows
+    failed.md, failed.json         failed runs: run id, stage, the tail of the error
+    samples/<row>.png              the 8×8 sample grid of every run and ceiling row (copied from the artifact store)
+    runs/<run>/                    resolved config.yaml, the evaluation manifest.json, the generator's log.jsonl
+    curves.csv                     training loss per step of every trained model of the sweep (from log.jsonl)
+    fig_*.png, fig_*.pdf           figures drawn from results.csv and curves.csv alone (`figures_from_csv`)
+    provenance.json, index.html    where and with what the numbers were made; the page of all of the above
+and refreshes the landing page `results/index.html` over every `<sweep>/<profile>/` folder.
 
-Metric columns are discovered from the rows: every numeric column that is not a swept key, an id or a per-run
-confidence bound. Only their direction (`HIGHER_IS_BETTER`) and column order (`DISPLAY_ORDER`) are listed here.
+Significance: per metric, the best cell's 95% interval of the difference to every other cell decides: paired over
+seeds when the cells share >= 2 seeds, Welch otherwise (>= 2 seeds each), else the per-run `<m>_ci_low/_ci_high`
+intervals must not overlap. Cells indistinguishable from the best are marked ≈; the best is bold only when it is
+separated from every other cell; without any interval nothing is marked.
 
 Ideas from: timm `results/*.csv` (one tidy CSV per sweep; plots regenerated from it), lm-eval `make_table`
 (↑/↓ from a higher-is-better map), timm `bulk_runner.py` (failed runs listed beside the results, never fatal).
 
-CLI: `digit-bench report SWEEP [--profile tiny] [--root runs]` reads `<root>/runs_index/<sweep>/<profile>/*.json`.
+CLI: `digit-bench report ablations/backbones.yaml --profile tiny` (or the sweep name, or a results folder to
+re-render it from its results.csv).
 """
 
 from __future__ import annotations
 
-import argparse
 import html
 import json
+import math
+import platform
 import re
-from dataclasses import dataclass, fields
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field, fields
+from importlib import resources
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import pandas as pd
-import seaborn as sns
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from scipy import stats
 
 from digit_bench.config import ExperimentConfig
 from digit_bench.errors import UserError
+from digit_bench.metric_registry import BY_NAME, family, metric
 
-# Direction of each metric family. A column belongs to the longest family it equals or extends with "_" or "."
-# ("fd_local" -> "fd", "token_change_snr20" -> "token_change", "cost.total.wall_s" -> "cost").
-HIGHER_IS_BETTER = {
-    "fid": False, "fd": False, "kid": False, "is": True, "precision": True, "recall": True, "class_acc": True,
-    "probe_top1": True, "probe_top5": True, "codebook_usage": True, "codebook_perplexity": True,
-    "token_change": False, "cos_sim": True, "cost": False, "acc_ol": True, "kmeans_seed_ari": True, "dead_codes": False,
-}
 # Column order in the tables, by family; families not listed go just before "params".
 DISPLAY_ORDER = ("fid", "fd", "is", "kid", "precision", "recall", "class_acc", "probe_top1", "probe_top5",
                  "probe_layer", "codebook_usage", "codebook_perplexity", "token_change", "cos_sim",
@@ -51,31 +56,36 @@ DISPLAY_ORDER = ("fid", "fd", "is", "kid", "precision", "recall", "class_acc", "
 ID_COLUMNS = ("run_id", "sweep", "profile", "row_kind", "generator", "seed")
 NOT_METRICS = ("seed", "num_samples")  # numeric columns that describe a run instead of measuring it
 NOT_CONFIG = ("cost.", "protocol.", "artifacts.")  # dotted columns that are not swept keys
+CHOICES = ("probe_layer",)  # integer choices: shown as the set of values over seeds, never averaged
 FLAGS = ("circular",)  # per-run booleans; a cell is flagged when any of its seeds is
-# Metrics that have a published counterpart (our local-extractor FD/IS stand in for FID/IS).
-COMPARED = re.compile(r"fid|is|fd_[a-z0-9]+|is_[a-z0-9]+|probe_top1|token_change_snr20|cos_sim_snr20")
-PUBLISHED_METHODS = r"LDM|VQGAN|DiGIT|VQ only"  # published rows shown in comparison.md (prefix match)
+LEVEL = 0.95
+GENERATOR_NAMES = {"digit": "DiGIT", "vqgan_ar": "VQGAN-AR", "ldm": "LDM"}
+KEY_NAMES = {"tokenizer.k": "K", "gpt.size": "", "backbone.name": "", "stage2.kind": "stage 2", "backbone.layer": "layer",
+             "ldm.denoiser": "", "tokenizer.seed": "K-Means seed"}
+# Published rows shown in comparison.md (method prefix), and the paper's claims each sweep can test.
+PUBLISHED_METHODS = r"LDM|VQGAN|DiGIT|VQ only"
 PUBLISHED_NOTE = ("Published numbers are ImageNet 256×256, torch-fidelity FID/IS on 50k samples (DiGIT paper §7). "
-                  "Ours use the protocol above on a different data set and scale: compare orderings, not values.")
+                  "Ours follow the protocol card on a different data set and scale: compare orderings, not values.")
 TEX_ARROWS = {"↓": r"$\downarrow$", "↑": r"$\uparrow$"}
+# The training loss of each trained role, as it is named in that stage's log.jsonl (first key present wins).
+TRAINED_ROLES = {"gpt": "train", "stage2": "stage2", "vqgan": "vqgan", "diffusion": "diffusion", "vae": "vae",
+                 "ssl": "pretrain_ssl", "classifier": "classifier"}
+LOSS_KEYS = {"vqgan": ("rec_loss",), "vae": ("rec_l1", "loss/main")}  # the GAN/KL terms hide the trend
+DEFAULT_LOSS_KEYS = ("loss/main", "loss")
+IMAGE_STAGES = ("render", "ldm_sample", "real_images")
 
 
 # ------------------------------------------------------------------------------------------------ columns
-def _family(name: str, families) -> Optional[str]:
-    """The longest family that `name` equals or extends with '_' or '.', or None."""
-    hits = [f for f in families if name == f or name.startswith((f + "_", f + "."))]
-    return max(hits, key=len, default=None)
-
-
 def higher_is_better(name: str) -> Optional[bool]:
     """True/False for a metric with a direction; None for keys, counts and sizes."""
-    return HIGHER_IS_BETTER.get(_family(name, HIGHER_IS_BETTER))
+    m = metric(name)
+    return None if m is None else m.higher_is_better
 
 
 def _display_key(name: str) -> tuple:
     """Sort key: family rank from DISPLAY_ORDER, then the name with its numbers compared as numbers."""
-    family = _family(name, DISPLAY_ORDER)
-    rank = DISPLAY_ORDER.index(family) if family else DISPLAY_ORDER.index("params") - 0.5
+    fam = family(name, DISPLAY_ORDER)
+    rank = DISPLAY_ORDER.index(fam) if fam else DISPLAY_ORDER.index("params") - 0.5
     parts = re.split(r"(\d+(?:\.\d+)?)", name)  # [text, number, text, ...]
     return rank, [float(p) if i % 2 else p for i, p in enumerate(parts)]
 
@@ -102,9 +112,25 @@ def _group_keys(df: pd.DataFrame, swept_keys: list[str]) -> list[str]:
     return keys if "generator" in keys or "generator" not in df else ["generator", *keys]
 
 
-def _headline(metric: str) -> bool:
-    """Columns of table.md: quality metrics, sizes and total cost (per-stage costs stay in the CSV)."""
-    return not metric.startswith("cost.") or metric.startswith("cost.total.")
+def _headline(name: str) -> bool:
+    """Columns of the full table: quality metrics, sizes and total cost (per-stage costs stay in the CSV)."""
+    return not name.startswith("cost.") or name.startswith("cost.total.")
+
+
+def primary_fd(df: pd.DataFrame) -> Optional[str]:
+    """The Fréchet distance of the tables: Inception FID if measured, else the first fd_<extractor> with values."""
+    candidates = ["fid", *sorted(c for c in df if re.fullmatch(r"fd_[a-z0-9]+", c))]
+    return next((c for c in candidates if c in df and df[c].notna().any()), None)
+
+
+def main_metrics(df: pd.DataFrame) -> list[str]:
+    """The compact table's columns: the primary FD and its extractor's IS/precision/recall, then one of each other
+    headline family that the rows measure."""
+    fd = primary_fd(df)
+    extractor = "" if fd in (None, "fid") else fd.removeprefix("fd")
+    wanted = [fd, "is" + extractor if extractor else "is", f"precision{extractor}", f"recall{extractor}", "class_acc",
+              "probe_top1", "acc_ol", "token_change_snr20", "params", "cost.total.wall_s"]
+    return [c for c in wanted if c and c in df and pd.api.types.is_numeric_dtype(df[c]) and df[c].notna().any()]
 
 
 def results_frame(rows: list[dict], swept_keys: list[str]) -> pd.DataFrame:
@@ -121,19 +147,7 @@ def results_frame(rows: list[dict], swept_keys: list[str]) -> pd.DataFrame:
     return df[first + sorted(set(df.columns) - set(first))]
 
 
-# ------------------------------------------------------------------------------------------------ tables
-def aggregate(df: pd.DataFrame, keys: list[str], metrics: list[str]) -> pd.DataFrame:
-    """Per (row_kind, *keys) cell: n runs, flags (any seed), and `<metric>_mean`, `<metric>_std` (ddof=1)."""
-    groups = df.groupby(["row_kind", *keys], dropna=False, sort=True)
-    stats = groups[metrics].agg(["mean", "std"])
-    stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
-    parts = [groups.size().rename("n"), stats]
-    flags = [f for f in FLAGS if f in df]
-    if flags:
-        parts.insert(1, groups[flags].agg(lambda s: bool(s.eq(True).any())))
-    return pd.concat(parts, axis=1).reset_index()
-
-
+# ------------------------------------------------------------------------------------------------ labels
 def _fmt_key(value) -> str:
     """A key or plain cell as text: whole floats without '.0', missing as '–'."""
     if isinstance(value, float) and value.is_integer():
@@ -141,146 +155,573 @@ def _fmt_key(value) -> str:
     return "–" if pd.isna(value) else str(value)
 
 
-def _fmt(mean: float, std: float, n: int) -> str:
-    """'mean ± std' with 4 and 2 significant digits; the mean alone for one seed; '–' when missing."""
-    if pd.isna(mean):
+def row_label(row: pd.Series, keys: list[str]) -> str:
+    """A human name for a run cell or a ceiling row: "DiGIT · dino_tiny · K=256", "real data (val)"."""
+    gen = str(row.get("generator", ""))
+    if row.get("row_kind") == "ceiling":
+        source = row.get("source")
+        if source == "real" or gen.endswith("-val"):
+            return "real data (val)"
+        if source == "reconstruction" or gen == "vq_recon":
+            return "VQ only (VQGAN reconstruction)"
+        m = re.fullmatch(r"digit_vq_ceiling-(.+)-k(\d+)", gen)
+        return f"DiGIT+VQ ceiling · {m.group(1)} · K={m.group(2)}" if m else gen
+    parts = [GENERATOR_NAMES.get(gen, gen)]
+    for k in keys:
+        if k == "generator" or pd.isna(row.get(k)):
+            continue
+        name = KEY_NAMES.get(k, k.split(".")[-1])
+        parts.append(f"{name}={_fmt_key(row[k])}" if name and name != "stage 2" else
+                     f"{name} {_fmt_key(row[k])}" if name else _fmt_key(row[k]))
+    return " · ".join(parts)
+
+
+def _human(value: float) -> str:
+    """12,345,678 -> '12.3M'; sizes, FLOPs and seconds as a reader says them."""
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{unit}"
+    return f"{value:.3g}"
+
+
+def _num(value: float, digits: int = 4) -> str:
+    if pd.isna(value):
         return "–"
-    return f"{mean:.4g}" if n < 2 or pd.isna(std) else f"{mean:.4g} ± {std:.2g}"
+    if abs(value) >= 1e5:
+        return _human(value)
+    return f"{value:.{digits}g}"
 
 
-def _is_best(means: pd.Series, higher: Optional[bool]) -> pd.Series:
-    """True where the mean is the best of the column (ties too); all False without a direction or a difference."""
-    if higher is None or means.nunique() < 2:
-        return pd.Series(False, index=means.index)
-    return pd.Series(np.isclose(means, means.max() if higher else means.min()), index=means.index)
+# ------------------------------------------------------------------------------------------------ statistics
+def t_interval(values: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    """Student-t interval of the mean of >= 2 values."""
+    values = np.asarray(values, dtype=float)
+    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return values.mean() - half, values.mean() + half
+
+
+def _constant(values) -> bool:
+    """True when the values are equal up to float rounding (a seed-independent metric)."""
+    values = np.asarray(values, dtype=float)
+    return np.ptp(values) <= 1e-9 * max(1.0, np.abs(values).max())
 
 
 @dataclass
-class Section:
-    """One table of a page: display strings, a same-shaped mask of bold cells, and a note printed above it."""
+class Cell:
+    """The runs of one table cell for one metric: values by seed, and per-run interval bounds when there are some."""
+    values: pd.Series  # seed -> value
+    low: Optional[float] = None
+    high: Optional[float] = None
+
+    @property
+    def mean(self) -> float:
+        return float(self.values.mean()) if len(self.values) else float("nan")
+
+    def interval(self) -> Optional[tuple[float, float]]:
+        """95% t-interval over seeds (>= 2 seeds that differ), else the per-run interval of a single run."""
+        if len(self.values) >= 2 and not _constant(self.values):
+            return t_interval(self.values.to_numpy())
+        if len(self.values) == 1 and self.low is not None and not pd.isna(self.low):
+            return self.low, self.high
+        return None
+
+
+def differ(a: Cell, b: Cell, level: float = LEVEL) -> tuple[Optional[bool], str]:
+    """Whether two cells differ at `level`, and the test used; (None, "none") when no interval exists."""
+    common = a.values.index.intersection(b.values.index)
+    if len(common) >= 2:
+        d = (b.values[common] - a.values[common]).to_numpy()
+        if _constant(d):
+            return (None, "none") if d.mean() != 0 else (False, "paired")  # no noise measured, or identical
+        lo, hi = t_interval(d, level)
+        return not lo <= 0 <= hi, "paired t"
+    if len(a.values) >= 2 and len(b.values) >= 2:
+        va, vb = a.values.var(ddof=1) / len(a.values), b.values.var(ddof=1) / len(b.values)
+        if _constant(a.values) and _constant(b.values):
+            return (None, "none") if a.mean != b.mean else (False, "Welch t")
+        dof = (va + vb) ** 2 / (va ** 2 / (len(a.values) - 1) + vb ** 2 / (len(b.values) - 1))
+        half = stats.t.ppf(0.5 + level / 2, dof) * math.sqrt(va + vb)
+        return abs(b.mean - a.mean) > half, "Welch t"
+    ia, ib = a.interval(), b.interval()
+    if ia and ib:
+        return ia[1] < ib[0] or ib[1] < ia[0], "interval overlap"
+    return None, "none"
+
+
+def cells(frame: pd.DataFrame, keys: list[str], name: str) -> list[Cell]:
+    """One Cell per group of `frame` (grouped by keys, sorted), for column `name`."""
+    out = []
+    for _, g in frame.groupby(keys, dropna=False, sort=True) if keys else [(None, frame)]:
+        values = g.set_index("seed")[name].dropna() if "seed" in g else g[name].dropna().reset_index(drop=True)
+        low = g[f"{name}_ci_low"].iloc[0] if f"{name}_ci_low" in g and len(g) == 1 else None
+        high = g[f"{name}_ci_high"].iloc[0] if f"{name}_ci_high" in g and len(g) == 1 else None
+        out.append(Cell(values.astype(float), low, high))
+    return out
+
+
+def rank_marks(group: list[Cell], higher: Optional[bool]) -> tuple[list[str], str]:
+    """Per cell: "best" (bold: separated from all), "tie" (≈: indistinguishable from the best), or "".
+
+    Returns the marks and the tests used, or all "" when the metric has no direction, no spread of means, or no
+    interval to decide with.
+    """
+    means = np.array([c.mean for c in group])
+    ok = ~np.isnan(means)
+    if higher is None or ok.sum() < 2 or np.nanmax(means) == np.nanmin(means):
+        return [""] * len(group), ""
+    best = int(np.nanargmax(means) if higher else np.nanargmin(means))
+    tests, marks = set(), [""] * len(group)
+    for i, c in enumerate(group):
+        if i == best or not ok[i]:
+            continue
+        d, how = differ(group[best], c)
+        if d is None:
+            return [""] * len(group), ""
+        tests.add(how)
+        marks[i] = "" if d else "tie"
+    marks[best] = "tie" if "tie" in marks else "best"
+    return marks, ", ".join(sorted(tests))
+
+
+# ------------------------------------------------------------------------------------------------ tables
+def aggregate(df: pd.DataFrame, keys: list[str], metrics: list[str]) -> pd.DataFrame:
+    """Per (row_kind, *keys) cell: n runs, flags (any seed), and `<metric>_mean`, `<metric>_std` (ddof=1)."""
+    groups = df.groupby(["row_kind", *keys], dropna=False, sort=True)
+    agg = groups[metrics].agg(["mean", "std"])
+    agg.columns = [f"{m}_{stat}" for m, stat in agg.columns]
+    parts = [groups.size().rename("n"), agg]
+    flags = [f for f in FLAGS if f in df]
+    if flags:
+        parts.insert(1, groups[flags].agg(lambda s: bool(s.eq(True).any())))
+    return pd.concat(parts, axis=1).reset_index()
+
+
+@dataclass
+class Table:
+    """One table: display strings, a same-shaped frame of marks ("best", "tie", ""), a note, and per-row extras."""
     title: str
     text: pd.DataFrame
-    bold: pd.DataFrame
+    marks: pd.DataFrame = None
     note: str = ""
+    sort: pd.DataFrame = None  # numeric sort keys for the HTML table (same shape), NaN where the text sorts itself
+    tag: str = ""  # HTML id
+
+    def __post_init__(self):
+        if self.marks is None:
+            self.marks = pd.DataFrame("", index=self.text.index, columns=self.text.columns)
+        if self.sort is None:
+            self.sort = pd.DataFrame(np.nan, index=self.text.index, columns=self.text.columns)
 
 
-def _plain_section(title: str, frame: pd.DataFrame, note: str = "") -> Section:
-    """A section without bold cells, from any frame (published rows, failed runs); empty columns dropped."""
-    frame = frame.dropna(axis=1, how="all").reset_index(drop=True)
-    text = frame.map(_fmt_key)
-    return Section(title, text, pd.DataFrame(False, index=text.index, columns=text.columns), note)
+def _interval_text(c: Cell) -> str:
+    interval = c.interval()
+    if pd.isna(c.mean):
+        return "–"
+    if interval is None:
+        return _num(c.mean)
+    return f"{_num(c.mean)} [{_num(interval[0], 3)}, {_num(interval[1], 3)}]"
 
 
-def _cell_section(title: str, agg: pd.DataFrame, keys: list[str], metrics: list[str], bold: bool,
-                  note: str = "") -> Section:
-    """Aggregated cells as text (keys, n, flags, mean ± std); bold marks the best mean per metric if `bold`."""
-    metrics = [m for m in metrics if agg[f"{m}_mean"].notna().any()]
-    text = pd.DataFrame({k: agg[k].map(_fmt_key) for k in keys if agg[k].notna().any()})
-    text["n"] = agg["n"].astype(str)
-    for flag in FLAGS:
-        if flag in agg:
-            text[flag] = agg[flag].map({True: "yes", False: ""})
-    mask = pd.DataFrame(False, index=text.index, columns=text.columns)
-    for m in metrics:
-        text[m] = [_fmt(*cell) for cell in zip(agg[f"{m}_mean"], agg[f"{m}_std"], agg["n"])]
-        mask[m] = _is_best(agg[f"{m}_mean"], higher_is_better(m)) if bold else False
-    return Section(title, text, mask, note)
+def _spread_text(c: Cell, name: str) -> str:
+    """'mean ± std' (ddof=1); the mean alone for one seed or a seed-independent metric; a choice as its values."""
+    if pd.isna(c.mean):
+        return "–"
+    if name in CHOICES:
+        return ", ".join(_fmt_key(v) for v in sorted(set(c.values)))
+    if name in ("params", "flops") or name.startswith("cost."):
+        return _human(c.mean) if len(set(c.values)) == 1 else f"{_human(c.mean)} ± {_human(c.values.std(ddof=1))}"
+    if len(c.values) < 2 or _constant(c.values):
+        return _num(c.mean)
+    return f"{_num(c.mean)} ± {c.values.std(ddof=1):.2g}"
 
 
-def _cell_sections(df: pd.DataFrame, keys: list[str], metrics: list[str], prefix: str, note: str) -> list[Section]:
-    """The run cells (best in bold) and, when present, the real-data ceiling cells (never bold)."""
-    agg = aggregate(df, keys, metrics)
-    sections = []
-    for kind, title, bold in (("run", "runs", True), ("ceiling", "real-data ceilings", False)):
-        part = agg[agg["row_kind"] == kind].reset_index(drop=True)
-        if len(part):
-            sections.append(_cell_section(f"{prefix}{title}", part, keys, metrics, bold, note if bold else ""))
-    return sections
+def _ceiling_gaps(runs: pd.DataFrame, ceilings: pd.DataFrame, keys: list[str], fd: Optional[str]) -> list[str]:
+    """Per run cell: its mean FD minus its own ceiling's FD ("DiGIT+VQ" for DiGIT, "VQ only" for VQGAN-AR)."""
+    if fd is None or "artifacts.ceiling_metrics" not in runs:
+        return []
+    ceiling_fd = ceilings.set_index("run_id")[fd] if len(ceilings) else pd.Series(dtype=float)
+    gaps = []
+    for _, g in runs.groupby(keys, dropna=False, sort=True):
+        cid = g["artifacts.ceiling_metrics"].dropna()
+        c = ceiling_fd.get(cid.iloc[0]) if len(cid) else None
+        gaps.append("–" if c is None or pd.isna(c) else f"{g[fd].mean() - c:+.3g}")
+    return gaps
 
 
-def _protocol_note(df: pd.DataFrame) -> str:
-    """Mean ± std over seeds, the bold rule, and the evaluation protocol(s) recorded in the rows."""
-    note = ("Mean ± std (ddof=1) over the n seeds of each cell; ↑/↓: higher/lower is better; bold: best run cell; "
-            "circular = yes: a seed flagged its metrics as circular (evaluation encoder = tokenizer encoder).")
-    if "protocol" in df:
-        note += " Protocol: " + "; ".join(f"`{p}`" for p in df["protocol"].dropna().unique()) + "."
-    return note
+def cell_table(runs: pd.DataFrame, keys: list[str], names: list[str], *, intervals: bool, title: str, tag: str,
+               gaps: Optional[list[str]] = None, note: str = "", mark: bool = True) -> Table:
+    """Run cells as a table: label, n, one column per metric (with marks), the gap to the ceiling."""
+    groups = list(runs.groupby(keys, dropna=False, sort=True)) if keys else [(None, runs)]
+    text = pd.DataFrame({"label": [row_label(g.iloc[0], keys) for _, g in groups],
+                         "n": [str(len(g)) for _, g in groups]})
+    flagged = [bool(g[f].eq(True).any()) for f in FLAGS if f in runs for _, g in groups]
+    if any(flagged):
+        text["circular"] = ["yes" if f else "" for f in flagged]
+    marks = pd.DataFrame("", index=text.index, columns=text.columns)
+    sort = pd.DataFrame(np.nan, index=text.index, columns=text.columns)
+    for name in names:
+        group = cells(runs, keys, name)
+        if all(pd.isna(c.mean) for c in group):
+            continue
+        header = name + _arrow(name)
+        text[header] = [_interval_text(c) if intervals and name not in CHOICES and _headline_interval(name)
+                        else _spread_text(c, name) for c in group]
+        marks[header] = rank_marks(group, higher_is_better(name))[0] if mark and _headline_interval(name) else ""
+        sort[header] = [c.mean for c in group]
+    if gaps:
+        text["Δ ceiling"] = gaps
+        marks["Δ ceiling"] = ""
+        sort["Δ ceiling"] = [float(g) if g != "–" else np.nan for g in gaps]
+    return Table(title, text, marks, note, sort, tag)
 
 
-def _comparison_sections(df: pd.DataFrame, keys: list[str], metrics: list[str], published: pd.DataFrame,
-                         title: str) -> list[Section]:
-    """Our cells (metrics with a published counterpart, plus costs), then the published rows they compare to."""
-    ours = [m for m in metrics if COMPARED.fullmatch(m) or m.startswith("cost.total.") or m in ("params", "flops")]
-    sections = _cell_sections(df, keys, ours, f"Measured here ({title}): ", _protocol_note(df))
-    generation = published[published["task"].isin(["uncond", "cond", "probe"])
-                           & published["method"].str.match(PUBLISHED_METHODS)]
-    sections.append(_plain_section("Published: LDM, VQGAN-AR and DiGIT (DiGIT paper Tables 2–4)", generation,
-                                   PUBLISHED_NOTE))
-    if any(m.startswith("token_change") for m in metrics):
-        stability = published[published["task"] == "stability"]
-        sections.append(_plain_section("Published: token stability (DiGIT paper Table 1)", stability))
-    return sections
+def _headline_interval(name: str) -> bool:
+    """Quality metrics carry an interval in the main table; sizes and costs do not."""
+    return name not in ("params", "flops") and not name.startswith("cost.")
 
 
-def _tail(error, lines: int = 8) -> str:
-    """The last lines of an error message or traceback."""
-    return "\n".join(str(error).strip().splitlines()[-lines:])
+def ceiling_table(ceilings: pd.DataFrame, names: list[str]) -> Table:
+    """The real-data and decoder ceilings, once, never marked."""
+    text = pd.DataFrame({"label": [row_label(r, []) for _, r in ceilings.iterrows()]})
+    sort = pd.DataFrame(np.nan, index=text.index, columns=text.columns)
+    for name in names:
+        if name not in ceilings or ceilings[name].isna().all():
+            continue
+        group = [Cell(pd.Series([r[name]]).dropna(), r.get(f"{name}_ci_low"), r.get(f"{name}_ci_high"))
+                 for _, r in ceilings.iterrows()]
+        text[name + _arrow(name)] = [_interval_text(c) for c in group]
+        sort[name + _arrow(name)] = [c.mean for c in group]
+    return Table("Ceilings: real data and decoders", text, None,
+                 "The best any generator can score on this protocol; never bold.", sort, "ceilings")
 
 
-def _failed_section(failed: list[dict]) -> Section:
-    """Failed runs as a table (run id, stage, error tail); a malformed record still gets a row."""
-    frame = pd.DataFrame([{"run_id": f.get("run_id", "?"), "stage": f.get("stage", "?"),
-                           "error": _tail(f.get("error", ""))} for f in failed], columns=["run_id", "stage", "error"])
-    note = f"{len(failed)} run(s) failed; they are not in the tables." if failed else "No run failed."
-    return _plain_section("Failed runs", frame, note)
+# ------------------------------------------------------------------------------------------------ protocol card
+def _protocol_parts(df: pd.DataFrame, fd: Optional[str]) -> dict[str, str]:
+    """`protocol_<extractor>` of the rows ("tool | reference ... | N samples | torch"), split into named parts."""
+    col = f"protocol_{fd.removeprefix('fd_')}" if fd and fd.startswith("fd_") else "protocol_inception"
+    col = col if col in df else next((c for c in df if c.startswith("protocol_") or c == "protocol"), None)
+    texts = df[col].dropna().unique() if col else []
+    parts = [t.split(" | ") for t in texts if isinstance(t, str)]
+    out = {}
+    if parts:
+        out["extractor"] = "; ".join(sorted({p[0] for p in parts}))
+        out["reference"] = "; ".join(sorted({p[1].removeprefix("reference ") for p in parts if len(p) > 1}))
+        out["versions"] = "; ".join(sorted({p[-1] for p in parts if len(p) > 3}))
+    return out
 
 
-def read_published(path: Path) -> pd.DataFrame:
-    """baselines/published.csv as text, so that numbers print exactly as the paper writes them ("9.10")."""
+def _config_of(df: pd.DataFrame) -> dict:
+    """The resolved config of the first run row that carries one ({} for rows without)."""
+    if "config" not in df:
+        return {}
+    texts = df.loc[df["row_kind"] == "run", "config"].dropna()
+    return json.loads(texts.iloc[0]) if len(texts) else {}
+
+
+def protocol_card(df: pd.DataFrame) -> dict[str, str]:
+    """What every number of the tables was measured with, as label -> text."""
+    from digit_bench.data import GREY_DATASETS
+
+    runs = df[df["row_kind"] == "run"]
+    fd = primary_fd(df)
+    cfg = _config_of(df)
+    parts = _protocol_parts(df, fd)
+    card = {"metric": f"{fd} ({BY_NAME[family(fd)].label}, ↓)" if fd else "–"}
+    card["extractor"] = parts.get("extractor", cfg.get("eval", {}).get("extractor", "–"))
+    data = cfg.get("data", {})
+    transform = (f"{data.get('name')} at {data.get('image_size')}×{data.get('image_size')} px"
+                 + (", grey channel repeated to RGB" if data.get("name") in GREY_DATASETS else "") if data else "–")
+    card["reference set"] = f"{parts.get('reference', cfg.get('eval', {}).get('reference', '–'))}; {transform}"
+    n = sorted(set(runs["num_samples"].dropna().astype(int))) if "num_samples" in runs else []
+    card["samples"] = ", ".join(str(v) for v in n) + " generated images per run" if n else "–"
+    seeds = sorted(set(runs["seed"].dropna().astype(int))) if "seed" in runs else []
+    scope = (", ".join(sorted(set(runs["seed_scope"].dropna()))) if "seed_scope" in runs else
+             "the stage-1 generator, its samples and the LDM (tokenizer, VQGAN and stage-2 decoder are shared)")
+    card["seeds"] = f"{', '.join(map(str, seeds)) or '–'}; a seed re-keys {scope}"
+    per_run = (", ".join(sorted(set(df[f"{fd}_interval"].dropna()))) if fd and f"{fd}_interval" in df else
+               f"percentile bootstrap of {fd} over the samples ({cfg.get('eval', {}).get('bootstrap', '?')} "
+               "resamples): the spread of the estimate, not a calibrated 95% CI")
+    card["interval"] = (f"[lo, hi]: 95% Student-t interval of the mean over seeds when a cell has ≥ 2 seeds; "
+                        f"for a single run, the per-run interval: {per_run}")
+    card["significance"] = ("≈: indistinguishable from the best cell (95%, paired over shared seeds, else Welch, else "
+                            "non-overlapping per-run intervals); bold: best and separated from every other cell; "
+                            "no mark: the metric has no interval to decide with")
+    if parts.get("versions"):
+        card["versions"] = parts["versions"]
+    return card
+
+
+def protocol_line(card: dict[str, str]) -> str:
+    """The card as one line (the `protocol` column of results.csv)."""
+    return " | ".join(f"{k}: {v}" for k, v in card.items())
+
+
+# ------------------------------------------------------------------------------------------------ claims
+@dataclass
+class Claim:
+    """One claim of the paper this sweep can test: cell A beats cell B on a metric."""
+    text: str
+    paper: str
+    metric: str
+    a: str  # which cells: "digit", "vqgan_ar", "ldm", or a backbone name
+    b: str
+
+
+CLAIMS = (
+    Claim("DiGIT beats the same GPT on VQGAN tokens", "Table 3: FID 9.13 vs 24.38", "fd", "digit", "vqgan_ar"),
+    Claim("DiGIT beats the latent diffusion model", "Table 3: FID 9.13 vs 39.1 (LDM)", "fd", "digit", "ldm"),
+    Claim("Discriminative tokens are more stable than VQ tokens", "Table 1: token change 0.260 vs 0.487 at 20 dB",
+          "token_change_snr20", "digit", "vqgan_ar"),
+    Claim("DiGIT's GPT learns better features than a GPT on VQ tokens",
+          "Table 2: probe 71.7 (DiGIT) vs 61.8 (VIM+VQGAN)", "probe_top1", "digit", "vqgan_ar"),
+    Claim("A discriminative SSL tokenizer beats a reconstructive one", "Fig. 4a: DINO-type tokens beat MAE-type",
+          "fd", "dino_tiny", "mae_tiny"),
+    Claim("An SSL tokenizer beats an untrained one", "§1: the tokenizer's SSL features are what makes DiGIT work",
+          "fd", "dino_tiny", "random_vit"),
+    Claim("A larger GPT gives lower FD", "Table 3: FID 9.13 (219M) → 4.59 (732M)", "fd", "largest", "smallest"),
+)
+
+
+def _claim_rows(runs: pd.DataFrame, side: str, name: str) -> Optional[pd.DataFrame]:
+    """The runs of the cell a claim names: best DiGIT cell by `name`, a baseline, a backbone, or a model size."""
+    if side == "digit":  # the paper's DiGIT: DINO-family tokens when the sweep has them, else any DiGIT cell
+        rows = runs[runs["generator"] == side]
+        dino = rows[rows["backbone.name"].astype(str).str.startswith("dino")] if "backbone.name" in rows else rows
+        rows = dino if len(dino) else rows
+    elif side in GENERATOR_NAMES:
+        rows = runs[runs["generator"] == side]
+    elif side in ("largest", "smallest"):
+        rows = runs[runs["generator"] == "digit"]
+        if "params" not in rows or "gpt.size" not in rows or rows["gpt.size"].nunique() < 2:
+            return None  # only a sweep over the GPT's size tests it
+        target = rows["params"].max() if side == "largest" else rows["params"].min()
+        return rows[rows["params"] == target]
+    else:
+        rows = runs[(runs["generator"] == "digit") & (runs.get("backbone.name") == side)] \
+            if "backbone.name" in runs else runs.iloc[:0]
+    if rows.empty or name not in rows or rows[name].isna().all():
+        return None
+    keys = [c for c in config_columns(rows) if rows[c].nunique() > 1]
+    if not keys:
+        return rows
+    means = rows.groupby(keys, dropna=False)[name].mean()
+    best = means.idxmax() if higher_is_better(name) else means.idxmin()
+    best = best if isinstance(best, tuple) else (best,)
+    return rows[np.logical_and.reduce([rows[k] == v for k, v in zip(keys, best)])]
+
+
+def claim_table(runs: pd.DataFrame, keys: list[str]) -> Table:
+    """Ours vs paper: per testable claim, our two cells with intervals and a verdict computed from them."""
+    fd = primary_fd(runs)
+    out = []
+    for claim in CLAIMS:
+        name = fd if claim.metric == "fd" else claim.metric
+        if name is None or name not in runs:
+            continue
+        a, b = _claim_rows(runs, claim.a, name), _claim_rows(runs, claim.b, name)
+        if a is None or b is None:
+            continue
+        ca, cb = cells(a, [], name)[0], cells(b, [], name)[0]
+        d, how = differ(ca, cb)
+        better = (ca.mean > cb.mean) == bool(higher_is_better(name))
+        verdict = ("same direction, noise not measured" if better else "opposite direction, noise not measured") \
+            if d is None else ("within noise" if not d else "holds" if better else "reversed")
+        out.append({"claim": claim.text, "paper": claim.paper, "metric": name + _arrow(name),
+                    "A": f"{row_label(a.iloc[0], keys)}: {_interval_text(ca)}",
+                    "B": f"{row_label(b.iloc[0], keys)}: {_interval_text(cb)}",
+                    "verdict": verdict, "test": how if d is not None else "–"})
+    text = pd.DataFrame(out, columns=["claim", "paper", "metric", "A", "B", "verdict", "test"])
+    return Table("Ours vs paper", text, None,
+                 "A claim holds when A beats B beyond the 95% interval of their difference, is reversed when B beats A "
+                 "beyond it, and is within noise otherwise. When a side has several cells, its best cell is used; DiGIT "
+                 "means DINO-family tokens when the sweep has them.",
+                 None, "claims")
+
+
+def read_published(path: Optional[Path] = None) -> pd.DataFrame:
+    """The paper's result rows as text, so that numbers print exactly as the paper writes them ("9.10").
+    Default: the copy shipped inside the package."""
+    if path is None:
+        with resources.as_file(resources.files("digit_bench") / "resources" / "published.csv") as p:
+            return pd.read_csv(p, dtype=str)
     if not Path(path).is_file():
-        raise UserError(f"published results file {path} not found; pass --published baselines/published.csv")
+        raise UserError(f"published results file {path} not found; leave --published out to use the packaged copy")
     return pd.read_csv(path, dtype=str)
 
 
-# ------------------------------------------------------------------------------------------------ rendering
+def published_tables(published: pd.DataFrame, stability: bool) -> list[Table]:
+    generation = published[published["task"].isin(["uncond", "cond", "probe"])
+                           & published["method"].str.match(PUBLISHED_METHODS)]
+    out = [_plain("Published: LDM, VQGAN-AR and DiGIT (DiGIT paper Tables 2–4)", generation, PUBLISHED_NOTE)]
+    if stability:
+        out.append(_plain("Published: token stability (DiGIT paper Table 1)", published[published["task"] == "stability"]))
+    return out
+
+
+def _plain(title: str, frame: pd.DataFrame, note: str = "", tag: str = "") -> Table:
+    frame = frame.dropna(axis=1, how="all").reset_index(drop=True)
+    return Table(title, frame.map(_fmt_key), None, note, None, tag)
+
+
+def _tail(error, lines: int = 8) -> str:
+    return "\n".join(str(error).strip().splitlines()[-lines:])
+
+
+def failed_table(failed: list[dict]) -> Table:
+    frame = pd.DataFrame([{"run_id": f.get("run_id", "?"), "stage": f.get("stage", "?"),
+                           "error": _tail(f.get("error", ""))} for f in failed], columns=["run_id", "stage", "error"])
+    note = f"{len(failed)} run(s) failed; they are not in the tables." if failed else "No run failed."
+    return Table("Failed runs", frame, None, note, None, "failed")
+
+
+# ------------------------------------------------------------------------------------------------ provenance
+def provenance(df: pd.DataFrame, store=None) -> dict:
+    """Where the numbers come from: commit(s) and hosts of the runs (from their manifests when the store is at hand),
+    when and with what this report was made."""
+    from digit_bench.artifacts import git_commit, library_versions
+
+    made = {"commits": [], "hosts": [], "created": []}
+    if store is not None:
+        for _, row in df.iterrows():
+            art = _metrics_artifact(store, row)
+            if art is not None:
+                m = art.manifest
+                for k, v in (("commits", m.get("git_commit")), ("hosts", m.get("host")), ("created", m.get("created"))):
+                    if v and v not in made[k]:
+                        made[k].append(v)
+    devices = sorted({v for c in df if c.startswith("cost.") and c.endswith(".device") for v in df[c].dropna()})
+    return {"report_created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "report_commit": git_commit(),
+            "runs_commits": made["commits"], "runs_hosts": made["hosts"],
+            "runs_created": [min(made["created"]), max(made["created"])] if made["created"] else [],
+            "devices": devices, "machine": f"{platform.node()} ({platform.machine()}, {platform.system()})",
+            "versions": library_versions()}
+
+
+def _provenance_lines(p: dict) -> list[str]:
+    made = p.get("runs_created")
+    runs = (f"runs computed: {made[0]} – {made[-1]} on {', '.join(p['runs_hosts'])} "
+            f"({', '.join(p.get('devices') or ['?'])}), commit {', '.join(p['runs_commits'])}" if made else
+            f"runs computed on {', '.join(p.get('devices') or ['?'])}; their hosts, dates and commits are not recorded "
+            "in this folder (rerun `digit-bench report` on the sweep's artifact root to add them)")
+    return [runs,
+            f"report made: {p['report_created']} on {p['machine']}, commit {p['report_commit']}",
+            "versions: " + ", ".join(f"{k} {v}" for k, v in p["versions"].items())]
+
+
+# ------------------------------------------------------------------------------------------------ artifacts
+def _metrics_artifact(store, row: pd.Series):
+    aid = row.get("artifacts.metrics") if row.get("row_kind") == "run" else row.get("run_id")
+    return store.lookup("evaluate", aid) if isinstance(aid, str) else None
+
+
+def collect_artifacts(df: pd.DataFrame, store, out_dir: Path) -> None:
+    """Copy from the store: each row's sample grid to samples/, each run's config, evaluation manifest and
+    generator log to runs/<run_id>/, and every trained model's loss curve to curves.csv."""
+    import yaml
+
+    samples, runs_dir = out_dir / "samples", out_dir / "runs"
+    for d in (samples, runs_dir):
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+    curves, seen = [], set()
+    for _, row in df.iterrows():
+        art = _metrics_artifact(store, row)
+        if art is None:
+            continue
+        image_id = art.manifest["parents"].get("images")
+        grid = next((store.path(s, image_id) / "grid.png" for s in IMAGE_STAGES
+                     if image_id and store.lookup(s, image_id)), None)
+        if grid is not None and grid.is_file():
+            shutil.copy(grid, samples / f"{row['run_id']}.png")
+        if row["row_kind"] != "run":
+            continue
+        rdir = runs_dir / row["run_id"]
+        rdir.mkdir()
+        shutil.copy(art.path / "manifest.json", rdir / "manifest.json")
+        if isinstance(row.get("config"), str):
+            (rdir / "config.yaml").write_text(yaml.safe_dump(json.loads(row["config"]), sort_keys=False))
+        for role, stage in TRAINED_ROLES.items():
+            aid = row.get(f"artifacts.{role}")
+            trained = store.lookup(stage, aid) if isinstance(aid, str) else None
+            if trained is None or not (trained.path / "log.jsonl").is_file():
+                continue
+            if role in ("gpt", "diffusion"):  # the run's own generator
+                shutil.copy(trained.path / "log.jsonl", rdir / "log.jsonl")
+            if aid not in seen:
+                seen.add(aid)
+                curves += _loss_curve(trained.path / "log.jsonl", role, aid, row["run_id"])
+    pd.DataFrame(curves, columns=["role", "artifact", "run_id", "step", "loss", "key"]).to_csv(out_dir / "curves.csv",
+                                                                                       index=False)
+
+
+def _loss_curve(log: Path, role: str, artifact: str, run_id: str) -> list[dict]:
+    out = []
+    for line in log.read_text().splitlines():
+        rec = json.loads(line) if line.strip() else {}
+        key = next((k for k in LOSS_KEYS.get(role, DEFAULT_LOSS_KEYS) if k in rec), None)
+        if key is not None and "step" in rec:
+            out.append({"role": role, "artifact": artifact, "run_id": run_id, "step": rec["step"], "loss": rec[key],
+                        "key": key})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ markdown / tex
 def _arrow(column: str) -> str:
-    """' ↑' or ' ↓' after a metric name in a header; '' for columns without a direction."""
     direction = higher_is_better(column)
     return "" if direction is None else (" ↑" if direction else " ↓")
 
 
-def _md_table(section: Section) -> str:
-    text = section.text.map(lambda v: v.replace("|", r"\|").replace("\n", "<br>"))
-    text = text.mask(section.bold, "**" + text + "**")
-    header = [c + _arrow(c) for c in text.columns]
-    lines = [header, ["---"] * len(header), *text.values.tolist()]
+def _marked(text: str, mark: str, bold: str = "**") -> str:
+    return f"{bold}{text}{bold}" if mark == "best" else f"{text} ≈" if mark == "tie" else text
+
+
+def _md_table(t: Table) -> str:
+    text = t.text.map(lambda v: str(v).replace("|", r"\|").replace("\n", "<br>"))
+    text = pd.DataFrame({c: [_marked(v, m) for v, m in zip(text[c], t.marks[c])] for c in text.columns})
+    if text.empty:
+        return ""
+    lines = [list(text.columns), ["---"] * text.shape[1], *text.values.tolist()]
     return "\n".join("| " + " | ".join(line) + " |" for line in lines)
 
 
-def _styler(section: Section, escape: str, uuid: str):
-    """pandas Styler of a section: escaped cells, ↑/↓ in the header, bold as CSS (LaTeX: \\bfseries)."""
-    header = {c: c + _arrow(c) for c in section.text.columns}
-    bold = section.bold.rename(columns=header).map(lambda b: "font-weight: bold" if b else "")
-    return (section.text.rename(columns=header).style.set_uuid(uuid).hide(axis="index")
-            .format(escape=escape).format_index(escape=escape, axis=1).apply(lambda _: bold, axis=None))
+def _md_card(card: dict[str, str]) -> str:
+    return "**Protocol card**\n\n" + "\n".join(f"- **{k}**: {v}" for k, v in card.items())
 
 
-def _md_page(title: str, sections: list[Section]) -> str:
+def _md_page(title: str, tables: list[Table], card: dict, extra: list[str] = ()) -> str:
     parts = [f"# {title}"]
-    for s in sections:
-        parts += [f"## {s.title}", s.note, _md_table(s)]
+    for t in tables:
+        parts += [f"## {t.title}", t.note, _md_table(t)]
+    parts += [_md_card(card), *extra]
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
-def _tex_page(title: str, sections: list[Section]) -> str:
+def _tex_page(title: str, tables: list[Table], card: dict) -> str:
     parts = [f"% {title}. Generated by digit_bench.report; needs \\usepackage{{booktabs}}."]
-    for i, s in enumerate(sections):
-        tex = _styler(s, "latex", f"t{i}").to_latex(hrules=True, convert_css=True, column_format="l" * s.text.shape[1])
-        parts += [f"% {s.title}", re.sub("[↑↓]", lambda m: TEX_ARROWS[m.group()], tex)]
-    return "\n".join(parts)
+    for t in tables:
+        esc = t.text.map(lambda v: re.sub(r"([_%&#$])", r"\\\1", str(v)).replace("≈", r"$\approx$"))
+        body = [" & ".join(_marked(v, m, "") if m != "best" else rf"\textbf{{{v}}}" for v, m in zip(row, mrow))
+                for row, mrow in zip(esc.values.tolist(), t.marks.values.tolist())]
+        header = " & ".join(re.sub(r"([_%&#$])", r"\\\1", c) for c in t.text.columns)
+        parts += [f"% {t.title}", r"\begin{tabular}{" + "l" * t.text.shape[1] + "}", r"\toprule", header + r" \\",
+                  r"\midrule", *[b + r" \\" for b in body], r"\bottomrule", r"\end{tabular}"]
+    parts.append("% Protocol: " + protocol_line(card).replace("%", r"\%"))
+    return re.sub("[↑↓]", lambda m: TEX_ARROWS[m.group()], "\n".join(parts)) + "\n"
 
 
-# After load, the page records how many of its images decoded; tests read this from a headless-browser DOM dump.
+# ------------------------------------------------------------------------------------------------ html
+_CSS = """body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1400px;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:14px}
+td,th{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top;white-space:pre-wrap}
+thead th{position:sticky;top:0;background:#eef;cursor:pointer;z-index:1}
+th[data-order=asc]::after{content:" ▲"}th[data-order=desc]::after{content:" ▼"}
+td.best{font-weight:bold}td.tie::after{content:" ≈";color:#06c}
+.scroll{max-height:80vh;overflow:auto}.card{background:#f6f6f0;border:1px solid #dd9;padding:.5em 1em;margin:1em 0}
+.card dt{font-weight:bold;float:left;clear:left;width:9em}.card dd{margin-left:10em}
+.grids{display:flex;flex-wrap:wrap;gap:1em}.grids figure{margin:0;width:260px}.grids img{width:256px;
+image-rendering:pixelated;border:1px solid #ccc}figcaption{font-size:13px}
+.figs img{max-width:48%}.note{color:#555;font-size:14px}input[data-filter]{margin:.3em 0;padding:3px;width:20em}
+"""
 _IMAGE_CHECK = """<script>
 window.addEventListener("load", () => {
   const images = Array.from(document.images);
@@ -288,158 +729,173 @@ window.addEventListener("load", () => {
   document.body.dataset.imagesLoaded = images.filter((img) => img.complete && img.naturalWidth > 0).length;
 });
 </script>"""
-_CSS = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
-        "td,th{border:1px solid #ccc;padding:2px 6px;white-space:pre-wrap;text-align:left}img{max-width:48%}")
 
 
-def _index_html(title: str, pages: list[tuple[str, str, list[Section]]], figures: list[Path]) -> str:
-    """One page: links to the files, every section as an HTML table, every figure as a relative <img>."""
-    body = [f"<h1>{html.escape(title)}</h1>",
+def _table_js() -> str:
+    return (resources.files("digit_bench") / "resources" / "table.js").read_text()
+
+
+def _html_table(t: Table, filter_box: bool = True, links: bool = False) -> str:
+    """A sortable table; `links`: cells may hold markdown links, written as <a>."""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in t.text.columns)
+    rows = []
+    for i in t.text.index:
+        tds = []
+        for c in t.text.columns:
+            s, mark = t.sort.at[i, c], t.marks.at[i, c]
+            attrs = (f' class="{mark}"' if mark else "") + (f' data-sort="{s:.12g}"' if not pd.isna(s) else "")
+            cell = str(t.text.at[i, c])
+            tds.append(f"<td{attrs}>{_md_links_to_html(cell) if links else html.escape(cell)}</td>")
+        rows.append("<tr>" + "".join(tds) + "</tr>")
+    box = (f'<input data-filter="{t.tag}" placeholder="filter rows…" aria-label="filter {html.escape(t.title)}">'
+           if filter_box and len(t.text) > 3 else "")
+    return (f'{box}<div class="scroll"><table class="sortable" id="{t.tag}"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div>')
+
+
+def _html_card(card: dict[str, str]) -> str:
+    items = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in card.items())
+    return f'<div class="card" id="protocol-card"><h3>Protocol card</h3><dl>{items}</dl></div>'
+
+
+def _html_section(t: Table) -> str:
+    return (f"<h2>{html.escape(t.title)}</h2>" + (f'<p class="note">{html.escape(t.note)}</p>' if t.note else "")
+            + (_html_table(t) if len(t.text) else ""))
+
+
+def _grids_html(df: pd.DataFrame, keys: list[str], out_dir: Path) -> str:
+    """One figure per run cell (its first seed's grid) and per ceiling row, real data first."""
+    figures = []
+    ceilings = df[df["row_kind"] == "ceiling"]
+    runs = df[df["row_kind"] == "run"]
+    firsts = [g.sort_values("seed").iloc[0] for _, g in runs.groupby(keys, dropna=False, sort=True)] if keys \
+        else [r for _, r in runs.iterrows()]
+    for row in [*[r for _, r in ceilings.iterrows()], *firsts]:
+        path = out_dir / "samples" / f"{row['run_id']}.png"
+        if path.is_file():
+            label = row_label(row, keys) + (f" (seed {_fmt_key(row['seed'])})" if row["row_kind"] == "run" else "")
+            figures.append(f'<figure><img src="samples/{path.name}" alt="samples of {html.escape(label)}">'
+                           f"<figcaption>{html.escape(label)}</figcaption></figure>")
+    if not figures:
+        return "<p class=\"note\">No sample grids in samples/ (this folder was rendered without the artifact store).</p>"
+    return '<div class="grids" id="sample-grids">' + "".join(figures) + "</div>"
+
+
+def _runs_table(df: pd.DataFrame, keys: list[str], out_dir: Path) -> Table:
+    """Every run row with links to what was copied for it."""
+    rows = []
+    for _, r in df[df["row_kind"] == "run"].iterrows():
+        links = [(name, f"runs/{r['run_id']}/{name}") for name in ("config.yaml", "manifest.json", "log.jsonl")]
+        links.append(("grid", f"samples/{r['run_id']}.png"))
+        present = " ".join(f"[{n}]({p})" for n, p in links if (out_dir / p).is_file())
+        rows.append({"run_id": r["run_id"], "label": row_label(r, keys), "seed": _fmt_key(r.get("seed")),
+                     "files": present or "–"})
+    return Table("Runs", pd.DataFrame(rows, columns=["run_id", "label", "seed", "files"]), None,
+                 "Resolved config, evaluation manifest, generator training log and sample grid of each run.", None,
+                 "runs")
+
+
+def _md_links_to_html(text: str) -> str:
+    return re.sub(r"\[([^\]]+)\]\(([^)]+)\)", r'<a href="\2">\1</a>', html.escape(text))
+
+
+def _index_html(title: str, page: dict, out_dir: Path) -> str:
+    body = [f'<p><a href="../../index.html">all results</a></p><h1>{html.escape(title)}</h1>',
             "<p>" + " · ".join(f'<a href="{f}">{f}</a>' for f in
-                               ("results.csv", "results.parquet", "table.md", "table.tex", "comparison.md",
-                                "failed.md")) + "</p>"]
-    for p, (_, page_title, sections) in enumerate(pages):
-        body.append(f"<h2>{html.escape(page_title)}</h2>")
-        for s, section in enumerate(sections):
-            body += [f"<h3>{html.escape(section.title)}</h3>", f"<p>{html.escape(section.note)}</p>",
-                     _styler(section, "html", f"p{p}s{s}").to_html()]
-    body.append("<h2>Figures</h2>")
-    body += [f'<figure><img src="{f.name}" alt="{f.stem}"><figcaption>{f.name}</figcaption></figure>'
-             for f in figures]
-    return (f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{_CSS}</style></head>\n<body>\n" + "\n".join(body) + f"\n{_IMAGE_CHECK}\n</body></html>\n")
+                               ("results.csv", "table.md", "table.tex", "comparison.md", "curves.csv",
+                                "provenance.json") if (out_dir / f).is_file()) + "</p>",
+            _html_card(page["card"]), _html_section(page["main"]), "<h2>Samples</h2>", page["grids"],
+            _html_section(page["claims"]) if len(page["claims"].text) else "", _html_section(page["ceilings"])]
+    body.append(f"<details><summary>Full table (every headline metric, mean ± std over seeds)</summary>"
+                f"{_html_section(page['full'])}</details>")
+    body.append(f"<details><summary>Runs: configs, manifests, logs</summary>{_html_table(page['runs'], links=True)}"
+                "</details>")
+    body.append("<h2>Figures</h2><div class=\"figs\">" + "".join(
+        f'<a href="{f.with_suffix(".pdf").name}"><img src="{f.name}" alt="{f.stem}"></a>' for f in page["figures"])
+        + "</div>")
+    if page["failed"].text.shape[0]:
+        body.append(_html_section(page["failed"]))
+    body.append(f"<details><summary>Published rows</summary>"
+                + "".join(_html_section(t) for t in page["published"]) + "</details>")
+    body.append("<h2>Provenance</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in page["provenance"])
+                + "</ul>")
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{_CSS}</style></head>\n<body>\n" + "\n".join(body)
+            + f"\n<script>{_table_js()}</script>\n{_IMAGE_CHECK}\n</body></html>\n")
+
+
+def write_landing(results_root: Path) -> Path:
+    """results/index.html: one row per <sweep>/<profile> folder with a report.json."""
+    rows = []
+    for summary in sorted(Path(results_root).glob("*/*/report.json")):
+        s = json.loads(summary.read_text())
+        rel = summary.parent.relative_to(results_root).as_posix()
+        rows.append(f'<tr><td><a href="{rel}/index.html">{html.escape(rel)}</a></td><td>{s["n_runs"]}</td>'
+                    f'<td>{s["n_failed"]}</td><td>{html.escape(s.get("best", "–"))}</td>'
+                    f'<td>{html.escape(s.get("created", "–"))}</td></tr>')
+    page = (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>digit_bench results</title>'
+            f"<style>{_CSS}</style></head><body><h1>digit_bench results</h1>"
+            '<p class="note">One page per sweep and profile. Each shows the protocol card, the main table with '
+            "intervals and significance marks, sample grids, the ours-vs-paper verdicts, figures and provenance.</p>"
+            '<table class="sortable" id="sweeps"><thead><tr><th>sweep/profile</th><th>runs</th><th>failed</th>'
+            f'<th>best cell (primary FD)</th><th>report made</th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
+            f"<script>{_table_js()}</script></body></html>\n")
+    path = Path(results_root) / "index.html"
+    path.write_text(page)
+    return path
 
 
 # ------------------------------------------------------------------------------------------------ figures
-def _varies(df: pd.DataFrame, col: Optional[str]) -> bool:
-    return col is not None and col in df and df[col].nunique() > 1
-
-
-def _fd_column(runs: pd.DataFrame) -> Optional[str]:
-    """The Fréchet distance to plot: Inception FID if measured, else the first fd_<extractor> that varies."""
-    candidates = ["fid", *sorted(c for c in runs if re.fullmatch(r"fd_[a-z0-9]+", c))]
-    return next((c for c in candidates if _varies(runs, c)), None)
-
-
-def _with_hue(df: pd.DataFrame, prefer: Optional[str] = None, exclude: tuple = ()) -> tuple[pd.DataFrame, str]:
-    """Colour by `prefer` if it varies, else by a "config" label of every varying config column but `exclude`."""
-    if _varies(df, prefer):
-        return df.assign(**{prefer: df[prefer].map(_fmt_key)}), prefer
-    cols = [c for c in ["generator", *config_columns(df)] if c not in exclude and _varies(df, c)]
-    labels = df[cols].apply(lambda r: ", ".join(f"{c}={_fmt_key(v)}" for c, v in r.items()), axis=1) if cols else "all"
-    return df.assign(config=labels), "config"
-
-
-def _plot(data: pd.DataFrame, x: str, y: str, hue: str, kind: str, log_base: Optional[int] = None) -> Figure:
-    """A line plot (mean ± sd over seeds) or a scatter plot (one point per run), legend below the axes.
-
-    The x axis is logarithmic when `log_base` is given and x spans at least one factor of it.
-    """
-    fig = Figure(figsize=(6.5, 5), layout="constrained")
-    ax = fig.subplots()
-    if kind == "line":
-        sns.lineplot(data=data, x=x, y=y, hue=hue, errorbar="sd", marker="o", ax=ax)
-    else:
-        sns.scatterplot(data=data, x=x, y=y, hue=hue, ax=ax)
-    if log_base and data[x].max() >= log_base * data[x].min() > 0:
-        ax.set_xscale("log", base=log_base)
-    ax.set(xlabel=x + _arrow(x), ylabel=y + _arrow(y))
-    sns.move_legend(ax, "upper left", bbox_to_anchor=(0, -0.12), fontsize="small", title_fontsize="small")
-    return fig
-
-
-def _fd_vs_k(runs, fd):
-    if fd is None or not _varies(runs, "tokenizer.k"):
-        return None
-    data, hue = _with_hue(runs, "backbone.name", exclude=("tokenizer.k",))
-    return _plot(data, "tokenizer.k", fd, hue, "line", log_base=2), f"fig_{fd}_vs_tokenizer.k.png"
-
-
-def _fd_vs_params(runs, fd):
-    if fd is None or not _varies(runs, "params"):
-        return None
-    data, hue = _with_hue(runs, "generator")
-    return _plot(data, "params", fd, hue, "scatter", log_base=10), f"fig_{fd}_vs_params.png"
-
-
-def _probe_vs_layer(runs, fd):
-    if "probe_curve" not in runs:
-        return None
-    curves = runs.dropna(subset=["probe_curve"])
-    long = curves.assign(probe_top1=curves["probe_curve"].map(json.loads)).explode("probe_top1")
-    long = long.assign(layer=long.groupby(level=0).cumcount()).reset_index(drop=True)  # position in probe_curve
-    if long["layer"].nunique() < 2:
-        return None
-    data, hue = _with_hue(long.astype({"probe_top1": float}))
-    fig = _plot(data, "layer", "probe_top1", hue, "line")
-    fig.axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
-    return fig, "fig_probe_top1_vs_layer.png"
-
-
-def _token_change_vs_snr(runs, fd):
-    snr_of = {c: float(m.group(1)) for c in runs if (m := re.fullmatch(r"token_change_snr([0-9.]+)", c))}
-    if len(snr_of) < 2:
-        return None
-    data, hue = _with_hue(runs)
-    long = data.melt(id_vars=[hue], value_vars=list(snr_of), var_name="column", value_name="token_change")
-    long["snr_db"] = long["column"].map(snr_of)
-    return _plot(long, "snr_db", "token_change", hue, "line"), "fig_token_change_vs_snr.png"
-
-
-def _fd_vs_stability(runs, fd):
-    x = "token_change_snr20"
-    if fd is None or not _varies(runs, x):
-        return None
-    data, hue = _with_hue(runs)
-    return _plot(data, x, fd, hue, "scatter"), f"fig_{fd}_vs_{x}.png"
-
-
-def _fd_vs_cost(runs, fd):
-    x = next((c for c in ("cost.total.device_hours", "cost.total.wall_s") if _varies(runs, c)), None)
-    if fd is None or x is None:
-        return None
-    data, hue = _with_hue(runs)
-    return _plot(data, x, fd, hue, "scatter", log_base=10), f"fig_{fd}_vs_{x}.png"
-
-
-# Each takes (run rows, FD column or None) and returns (figure, file name), or None when its columns do not vary.
-FIGURES = (_fd_vs_k, _fd_vs_params, _probe_vs_layer, _token_change_vs_snr, _fd_vs_stability, _fd_vs_cost)
-
-
 def figures_from_csv(csv_path: Path, out_dir: Path) -> list[Path]:
-    """Draw, from results.csv alone, each figure whose columns exist with more than one value.
+    """Draw, from results.csv (and curves.csv beside it) alone, each figure whose x axis the sweep varies.
 
-    Old `fig_*.png` files in `out_dir` are removed first, so the folder holds exactly the figures of this CSV.
-
-    Returns:
-        The PNG paths written, in FIGURES order.
+    Old `fig_*` files in `out_dir` are removed first. Returns the PNG paths (a PDF is written beside each).
     """
-    df = pd.read_csv(csv_path)
-    runs = df[df["row_kind"] == "run"]
-    fd = _fd_column(runs)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for old in out_dir.glob("fig_*.png"):
-        old.unlink()
-    paths = []
-    for draw in FIGURES:
-        drawn = draw(runs, fd)
-        if drawn:
-            fig, name = drawn
-            fig.savefig(out_dir / name, dpi=120)
-            paths.append(out_dir / name)
-    return paths
+    from digit_bench.figures import draw_all
+
+    return draw_all(Path(csv_path), Path(out_dir))
 
 
 # ------------------------------------------------------------------------------------------------ entry points
+@dataclass
+class _Pages:
+    main: Table
+    full: Table
+    ceilings: Table
+    claims: Table
+    card: dict
+    published: list[Table] = field(default_factory=list)
+
+
+def _pages(df: pd.DataFrame, keys: list[str], published: pd.DataFrame) -> _Pages:
+    runs, ceilings = df[df["row_kind"] == "run"], df[df["row_kind"] == "ceiling"]
+    fd = primary_fd(df)
+    metrics = metric_columns(df, keys)
+    card = protocol_card(df)
+    gaps = _ceiling_gaps(runs, ceilings, keys, fd)
+    main = cell_table(runs, keys, main_metrics(df), intervals=True, title="Main table", tag="main-table", gaps=gaps,
+                      note=f"Mean [95% interval] per cell (see the protocol card); ↑/↓: higher/lower is better; "
+                           f"≈: indistinguishable from the best cell; bold: best and separated from all; "
+                           f"Δ ceiling: {fd} minus the cell's own decoder ceiling.")
+    full = cell_table(runs, keys, [m for m in metrics if _headline(m)], intervals=False, title="Full table",
+                      tag="full-table", gaps=gaps, note="Mean ± std (ddof=1) over the n seeds of each cell; marks as "
+                                                        "in the main table.")
+    ceil = ceiling_table(ceilings, [m for m in main_metrics(df) if _headline_interval(m)])
+    stability = any(m.startswith("token_change") for m in metrics)
+    return _Pages(main, full, ceil, claim_table(runs, keys), card, published_tables(published, stability))
+
+
 def write_report(rows: list[dict], out_dir: Path, *, sweep: str, profile: str, swept_keys: list[str],
-                 failed: list[dict], published_csv: Path) -> dict:
+                 failed: list[dict], published_csv: Optional[Path] = None, store=None) -> dict:
     """Write every report file of one sweep and profile into `out_dir`.
 
     Args:
         rows: one flat metrics.json per run (and per real-data ceiling, `row_kind="ceiling"`).
         swept_keys: the dotted config columns of the sweep; "seed" is averaged over, never grouped by.
         failed: one dict per failed run with "run_id", "stage" and "error" (a message or traceback).
-        published_csv: baselines/published.csv.
+        published_csv: the paper's rows (default: the packaged copy).
+        store: the artifact Store the rows came from: sample grids, configs, logs and curves are copied from it;
+            without it, whatever samples/, runs/ and curves.csv `out_dir` already holds is shown.
 
     Returns:
         Paths of the files written (by name, plus "figures": a list), "n_runs" and "n_failed".
@@ -447,32 +903,77 @@ def write_report(rows: list[dict], out_dir: Path, *, sweep: str, profile: str, s
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     title = f"{sweep}/{profile}"
-    failures = [_failed_section(failed)]
-    (out_dir / "failed.md").write_text(_md_page(f"{title}: failed runs", failures))
+    failures = failed_table(failed)
+    (out_dir / "failed.json").write_text(json.dumps(failed, indent=1, default=str))
+    (out_dir / "failed.md").write_text(f"# {title}: failed runs\n\n{failures.note}\n\n{_md_table(failures)}\n")
     if not rows:
         raise UserError(f"no finished run in {title} ({len(failed)} failed, see {out_dir / 'failed.md'}); "
                         "fix the failures and rerun the sweep")
     df = results_frame(rows, swept_keys)
     keys = _group_keys(df, swept_keys)
+    card = protocol_card(df)
+    df["protocol"] = protocol_line(card)
     df.to_csv(out_dir / "results.csv", index=False)
     df.to_parquet(out_dir / "results.parquet", index=False)
-    metrics = metric_columns(df, keys)
-    table = _cell_sections(df, keys, [m for m in metrics if _headline(m)], "", _protocol_note(df))
-    comparison = _comparison_sections(df, keys, metrics, read_published(published_csv), title)
-    pages = [("table", f"{title}: results", table), ("comparison", f"{title}: measured vs published", comparison),
-             ("failed", f"{title}: failed runs", failures)]
-    for name, page_title, sections in pages[:2]:
-        (out_dir / f"{name}.md").write_text(_md_page(page_title, sections))
-    (out_dir / "table.tex").write_text(_tex_page(f"{title}: results", table))
+    if store is not None:
+        collect_artifacts(df, store, out_dir)
+    prov_path = out_dir / "provenance.json"
+    prov = provenance(df, store)
+    if store is None and prov_path.is_file():  # re-rendered from a CSV: keep where the runs were made
+        old = json.loads(prov_path.read_text())
+        prov.update({k: old[k] for k in ("runs_commits", "runs_hosts", "runs_created") if old.get(k)})
+    prov_path.write_text(json.dumps(prov, indent=1))
+    pages = _pages(df, keys, read_published(published_csv))
+    prov_lines = _provenance_lines(prov)
+    prov_md = "**Provenance**\n\n" + "\n".join(f"- {line}" for line in prov_lines)
+    (out_dir / "table.md").write_text(_md_page(f"{title}: results", [pages.main, pages.ceilings, pages.full],
+                                               pages.card, [prov_md]))
+    (out_dir / "comparison.md").write_text(_md_page(f"{title}: ours vs paper", [pages.claims, *pages.published],
+                                                    pages.card))
+    (out_dir / "table.tex").write_text(_tex_page(f"{title}: results", [pages.main, pages.ceilings], pages.card))
     figures = figures_from_csv(out_dir / "results.csv", out_dir)
-    (out_dir / "index.html").write_text(_index_html(title, pages, figures))
+    page = {"card": pages.card, "main": pages.main, "full": pages.full, "ceilings": pages.ceilings,
+            "claims": pages.claims, "published": pages.published, "failed": failures, "figures": figures,
+            "grids": _grids_html(df, keys, out_dir), "runs": _runs_table(df, keys, out_dir),
+            "provenance": prov_lines}
+    (out_dir / "index.html").write_text(_index_html(title, page, out_dir))
+    best = _best_label(pages.main)
+    n_runs = int((df["row_kind"] == "run").sum())
+    (out_dir / "report.json").write_text(json.dumps({"title": title, "n_runs": n_runs, "n_failed": len(failed),
+                                                     "best": best, "created": prov["report_created"]}))
+    if out_dir.parent.parent.is_dir() and out_dir.name == profile and out_dir.parent.name == sweep:
+        write_landing(out_dir.parent.parent)
     files = ("results.csv", "results.parquet", "table.md", "table.tex", "comparison.md", "failed.md", "index.html")
-    return {**{f.replace(".", "_"): out_dir / f for f in files}, "figures": figures,
-            "n_runs": int((df["row_kind"] == "run").sum()), "n_failed": len(failed)}
+    return {**{f.replace(".", "_"): out_dir / f for f in files}, "figures": figures, "n_runs": n_runs,
+            "n_failed": len(failed)}
+
+
+def _best_label(main: Table) -> str:
+    """The main table's best cell by its first metric, with its value, or '–'."""
+    metric_cols = [c for c in main.text.columns if c not in ("label", "n", "circular", "Δ ceiling")]
+    if not metric_cols:
+        return "–"
+    col = metric_cols[0]
+    order = main.sort[col].dropna()
+    if order.empty:
+        return "–"
+    i = order.idxmax() if higher_is_better(col.rstrip(" ↑↓")) else order.idxmin()
+    return f"{main.text.at[i, 'label']}: {main.text.at[i, col]} ({col})"
+
+
+def readme_snippet(out_dir: Path) -> str:
+    """The README's results block for one folder: its main table, the verdicts and the protocol card, as markdown."""
+    text = (Path(out_dir) / "table.md").read_text()
+    main = text.split("## Main table\n", 1)[1].split("\n## ", 1)[0].strip()
+    comparison = (Path(out_dir) / "comparison.md").read_text()
+    claims = comparison.split("## Ours vs paper\n", 1)[1].split("\n## ", 1)[0].split("**Protocol card**")[0].strip() \
+        if "## Ours vs paper\n" in comparison else ""
+    card = "**Protocol card**" + text.split("**Protocol card**", 1)[1].split("**Provenance**")[0].rstrip()
+    rel = Path(out_dir).as_posix()
+    return (f"#### {rel}\n\n{main}\n\n{claims}\n\n{card}\n\nFull page: [{rel}/index.html]({rel}/index.html)\n")
 
 
 def load_rows(paths) -> list[dict]:
-    """Read one JSON object per file."""
     rows = []
     for path in paths:
         try:
@@ -482,10 +983,12 @@ def load_rows(paths) -> list[dict]:
     return rows
 
 
-def report_from_dir(rows_dir: Path, out_dir: Path, sweep: str, profile: str, published_csv: Path) -> dict:
+def report_from_dir(rows_dir: Path, out_dir: Path, sweep: str, profile: str, published_csv: Optional[Path] = None,
+                    store=None) -> dict:
     """Report every `rows_dir/*.json`: a row with an "error" key is a failed run, any other is a metrics row.
 
-    The swept keys are the dotted config columns the rows carry (`config_columns`).
+    The swept keys are the dotted config columns the rows carry. The store defaults to the root that holds
+    `rows_dir` (`<root>/sweeps/<sweep>/<profile>`).
     """
     paths = sorted(Path(rows_dir).glob("*.json"))
     if not paths:
@@ -493,21 +996,47 @@ def report_from_dir(rows_dir: Path, out_dir: Path, sweep: str, profile: str, pub
     rows = load_rows(paths)
     done = [r for r in rows if "error" not in r]
     failed = [r for r in rows if "error" in r]
+    if store is None and Path(rows_dir).parent.parent.name == "sweeps":
+        from digit_bench.artifacts import Store
+
+        store = Store(Path(rows_dir).parents[2])
     return write_report(done, out_dir, sweep=sweep, profile=profile, swept_keys=config_columns(pd.DataFrame(done)),
-                        failed=failed, published_csv=published_csv)
+                        failed=failed, published_csv=published_csv, store=store)
+
+
+def report_from_csv(folder: Path, out_dir: Optional[Path] = None, published_csv: Optional[Path] = None) -> dict:
+    """Re-render a results folder from its results.csv (older column sets included), keeping its samples/, runs/,
+    curves.csv and provenance; `out_dir` defaults to the folder itself."""
+    folder = Path(folder)
+    csv = folder / "results.csv" if folder.is_dir() else folder
+    if not csv.is_file():
+        raise UserError(f"{csv} not found; pass a results folder holding results.csv (e.g. results/backbones/tiny)")
+    folder = csv.parent
+    out_dir = Path(out_dir) if out_dir else folder
+    if out_dir.resolve() != folder.resolve():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("samples", "runs"):
+            if (folder / name).is_dir():
+                shutil.copytree(folder / name, out_dir / name, dirs_exist_ok=True)
+        for name in ("curves.csv", "provenance.json"):
+            if (folder / name).is_file():
+                shutil.copy(folder / name, out_dir / name)
+    df = pd.read_csv(csv)
+    rows = [{k: v for k, v in r.items() if not (isinstance(v, float) and math.isnan(v))}
+            for r in df.drop(columns=["protocol"], errors="ignore").to_dict("records")]
+    failed = json.loads((folder / "failed.json").read_text()) if (folder / "failed.json").is_file() else []
+    sweep = str(df["sweep"].iloc[0]) if "sweep" in df else folder.parent.name
+    profile = str(df["profile"].iloc[0]) if "profile" in df else folder.name
+    return write_report(rows, out_dir, sweep=sweep, profile=profile, swept_keys=config_columns(df), failed=failed,
+                        published_csv=published_csv)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """`digit-bench report SWEEP`: write results/<sweep>/<profile>/ and print one JSON summary to stdout."""
-    parser = argparse.ArgumentParser(prog="digit-bench report", description=__doc__.splitlines()[0])
-    parser.add_argument("sweep", help="sweep name (the `name:` of the sweep file)")
-    parser.add_argument("--profile", default="tiny", help="profile the sweep ran with")
-    parser.add_argument("--root", type=Path, default=Path("runs"), help="runs root holding runs_index/")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default results/<sweep>/<profile>)")
-    parser.add_argument("--published", type=Path, default=Path("baselines/published.csv"))
-    args = parser.parse_args(argv)
-    out = args.out or Path("results") / args.sweep / args.profile
-    summary = report_from_dir(args.root / "runs_index" / args.sweep / args.profile, out, args.sweep, args.profile,
-                              args.published)
-    print(json.dumps(summary, default=str))
-    return 0
+    """`python -m digit_bench.report ...`: the same as `digit-bench report ...`."""
+    from digit_bench.cli import main as cli_main
+
+    return cli_main(["report", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -9,7 +9,7 @@ trains data-parallel, rank 0 publishing (compute_distributed). Failed jobs are r
 UserError is not retried) and then listed with the tail of their log; their descendants are skipped, and the command
 exits 1. At the end one flat row per run is written to `<root>/sweeps/<sweep>/<profile>/` and `report` turns them
 into results/<sweep>/<profile>/. Sweeps sharing a root compute each artifact once (the store's file locks).
-Design from DESIGN.md §6 and the hydra submitit plugin's resource schema (no hydra).
+Launcher fields follow the hydra submitit plugin's resource schema (no hydra).
 """
 
 from __future__ import annotations
@@ -234,8 +234,11 @@ def execute(plan: Plan, store: Store, cluster: str, launcher: LauncherConfig) ->
                 todo.append(n)
         if not todo:
             continue
-        log.info("wave %d/%d: %d to compute (%s)", i + 1, len(plan.waves), len(todo),
-                 ", ".join(sorted({n.stage for n in todo})))
+        total = sum(len(w) for w in plan.waves)
+        done = sum(store.lookup(n.stage, n.id) is not None for w in plan.waves for n in w)
+        log.info("wave %d/%d: %d to compute (%s); overall %d/%d artifacts done (%.0f%%), %d failed",
+                 i + 1, len(plan.waves), len(todo), ", ".join(sorted({n.stage for n in todo})), done, total,
+                 100 * done / total, len(plan.failed))
         for attempt in range(1 + launcher.max_retries):
             errors = _run_wave(todo, store, cluster, launcher)
             plan.failed.update({k: e for k, e in errors.items() if e.startswith(USER_ERROR)})
@@ -252,6 +255,7 @@ def _run_wave(nodes: list[Node], store: Store, cluster: str, launcher: LauncherC
     if cluster == "debug":
         outcomes = {}
         for n in nodes:
+            record_job(store, n, None, cluster)
             try:
                 outcomes[n.key] = job_fn(n.spec())
             except Exception as e:  # noqa: BLE001 - any stage failure is recorded, the sweep goes on
@@ -260,11 +264,14 @@ def _run_wave(nodes: list[Node], store: Store, cluster: str, launcher: LauncherC
         (store.root / "submitit").mkdir(parents=True, exist_ok=True)
         # a fresh folder per wave and attempt: submitit trusts an existing <job id>_result.pkl, and ids get reused
         folder = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=store.root / "submitit"))
+        log.info("cluster job logs of this wave: %s", folder)
         if cluster == "local":  # local_workers jobs at a time; the next starts as soon as one ends
 
             def run(n: Node) -> dict:
                 ex = executor_for(cluster, launcher, folder, n.stage in TRAINING_STAGES)
-                return _outcome(ex.submit(job_fn, n.spec()))
+                job = ex.submit(job_fn, n.spec())
+                record_job(store, n, job, cluster)
+                return _outcome(job)
 
             with ThreadPoolExecutor(launcher.local_workers) as pool:
                 outcomes = dict(zip([n.key for n in nodes], pool.map(run, nodes)))
@@ -280,14 +287,37 @@ def _run_wave(nodes: list[Node], store: Store, cluster: str, launcher: LauncherC
                         # its collectives (and leave an error result when task 0 requeues the job on preemption)
                         array = [job.task(0) for job in array]
                     jobs += zip(group, array)
+            for n, job in jobs:
+                record_job(store, n, job, cluster)
             outcomes = {n.key: _outcome(job) for n, job in jobs}
     errors = {}
     for n in nodes:
         out = outcomes[n.key]
         if "path" not in out:
             errors[n.key] = USER_ERROR + out["user_error"] if "user_error" in out else out["error"]
+            record_failure(store, n, errors[n.key])
             log.error("%s/%s failed: %s", n.stage, n.id, errors[n.key].strip().splitlines()[-1])
     return errors
+
+
+def record_job(store: Store, node: Node, job, cluster: str) -> None:
+    """`<root>/<stage>/<id>.job.json`: the job computing an artifact and its log files (read by `digit-bench status`).
+    `job` is a submitit job, or None for the in-process `debug` cluster."""
+    paths = job.paths if job is not None else None
+    _ledger(store, node, "job", {"cluster": cluster, "job_id": str(job.job_id) if job else f"in-process pid {os.getpid()}",
+                                 "stdout": str(paths.stdout) if paths else None,
+                                 "stderr": str(paths.stderr) if paths else None, "submitted": time.time()})
+
+
+def record_failure(store: Store, node: Node, error: str) -> None:
+    """`<root>/<stage>/<id>.failed.json`: the last failure of an artifact's job (stale once a newer job.json exists)."""
+    _ledger(store, node, "failed", {"error": error[-2000:], "failed": time.time()})
+
+
+def _ledger(store: Store, node: Node, kind: str, record: dict) -> None:
+    path = store.path(node.stage, node.id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{path}.{kind}.json").write_text(json.dumps(record))
 
 
 def _outcome(job) -> dict:
@@ -420,8 +450,7 @@ def run_sweep(args: argparse.Namespace) -> dict:
         if rows:
             from digit_bench.report import report_from_dir
 
-            report_from_dir(rdir, out_dir, sweep.name, sweep.profile,
-                            Path(__file__).resolve().parents[1] / "baselines" / "published.csv")
+            report_from_dir(rdir, out_dir, sweep.name, sweep.profile, store=store)
     for f in failed:
         log.error("FAILED %s at %s/%s:\n%s", f["run_id"], f["stage"], f["artifact"], f["error"])
     log.info("results: %s/table.md and %s/index.html", out_dir, out_dir)

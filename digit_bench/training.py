@@ -157,6 +157,7 @@ def fit(model: nn.Module, loss_fn: LossFn, batch_fn: BatchFn, cfg: TrainConfig, 
     bf16 = device.type == "cuda" and cfg.precision != "fp32"
     start_step, tokens_per_item, losses = step, None, {}
     log_file = open(log_path, "a") if rank == 0 else None
+    board = tensorboard_writer(work_dir) if rank == 0 else None
     # rank 0 only; leaving `disable` unset there lets TQDM_DISABLE=1 silence the bar (tests)
     bar = tqdm(total=cfg.steps, initial=step, desc=desc, file=sys.stderr, dynamic_ncols=True,
                **({} if rank == 0 else {"disable": True}))
@@ -212,6 +213,10 @@ def fit(model: nn.Module, loss_fn: LossFn, batch_fn: BatchFn, cfg: TrainConfig, 
             if log_file is not None:
                 log_file.write(json.dumps(record) + "\n")
                 log_file.flush()
+            if board is not None:
+                for name, value in record.items():
+                    if name != "step":
+                        board.add_scalar(name, value, record["step"])
             bar.update(1)
             bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items() if k.startswith("loss/")}, refresh=False)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
@@ -220,6 +225,8 @@ def fit(model: nn.Module, loss_fn: LossFn, batch_fn: BatchFn, cfg: TrainConfig, 
         bar.close()
         if log_file is not None:
             log_file.close()
+        if board is not None:
+            board.close()
     if distributed:  # other ranks may read the final ckpt.pt (EMA weights) once fit returns: wait until it is written
         dist.barrier()
     wall_s = time.perf_counter() - t_start
@@ -296,6 +303,20 @@ def _tokens_per_item(micro_batch: Any) -> Optional[int]:
     if isinstance(first, Tensor) and first.dim() == 2 and not first.is_floating_point():
         return first.shape[1]
     return None
+
+
+def tensorboard_writer(work_dir: Path):
+    """A TensorBoard SummaryWriter under $DIGIT_BENCH_TENSORBOARD/<artifact id> when that variable is set, else None.
+    log.jsonl stays the record; TensorBoard is a live view of it (`tensorboard --logdir $DIGIT_BENCH_TENSORBOARD`)."""
+    root = os.environ.get("DIGIT_BENCH_TENSORBOARD")
+    if not root:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("DIGIT_BENCH_TENSORBOARD is set but TensorBoard is not installed; "
+                        "pip install 'digit_bench[tensorboard]' or unset the variable") from None
+    return SummaryWriter(str(Path(root) / Path(work_dir).name.removesuffix(".work")))
 
 
 def _truncate_log(log_path: Path, step: int) -> None:

@@ -88,3 +88,20 @@ def test_validate_prints_ids_and_computes_nothing(capsys, tmp_path, monkeypatch)
     code, out, _ = run_cli(capsys, "validate", "ablations/codebook_sizes.yaml", *SMOKE, "--root", str(tmp_path / "r"))
     assert code == 0 and json.loads(out)["runs"] == 2
     assert not (tmp_path / "r").exists()
+
+
+def test_validate_print_config_prints_each_runs_resolved_yaml(capsys, monkeypatch):
+    import yaml
+
+    monkeypatch.chdir(ROOT)
+    code, out, _ = run_cli(capsys, "validate", "ablations/codebook_sizes.yaml", *SMOKE, "--print-config",
+                           "--set", "train.lr=3e-4")
+    docs = [yaml.safe_load(d) for d in out.split("---\n") if d.strip()]
+    assert code == 0 and len(docs) == 2 and {d["train"]["lr"] for d in docs} == {3e-4}
+    assert len({d["tokenizer"]["k"] for d in docs}) == 2  # the swept key differs between the two runs
+    one = out.split("\n", 1)[0].removeprefix("# run ")
+    code, out, _ = run_cli(capsys, "validate", "ablations/codebook_sizes.yaml", *SMOKE, "--print-config", one,
+                           "--set", "train.lr=3e-4")
+    assert code == 0 and out.count("# run ") == 1 and out.startswith(f"# run {one}")
+    code, _, err = run_cli(capsys, "validate", "ablations/codebook_sizes.yaml", *SMOKE, "--print-config", "nope")
+    assert code == 2 and "no run 'nope'" in err

@@ -50,6 +50,19 @@ def test_set_narrows_a_grid_key_and_overrides_others(tmp_path):
     assert [(r.cfg.tokenizer.k, r.cfg.train.lr) for r in sweep.runs] == [(32, 0.5)]
 
 
+@pytest.mark.parametrize("text, value", [("3e-4", 3e-4), ("1E3", 1000.0), ("2.5E-1", 0.25), ("1e-06", 1e-6)])
+def test_set_reads_exponent_numbers_as_floats(tmp_path, text, value):
+    sweep = load_sweep(write(tmp_path, "s.yaml", "grid:\n  tokenizer.k: [16]\n"), "smoke", [f"train.lr={text}"])
+    assert sweep.runs[0].cfg.train.lr == value and isinstance(sweep.runs[0].cfg.train.lr, float)
+
+
+@pytest.mark.parametrize("text", ["e5", "1e", "3e-4x", "dino_tiny"])
+def test_set_keeps_strings_that_are_not_numbers(text):
+    from digit_bench.config import _parse_set
+
+    assert _parse_set(f"backbone.name={text}").value == text
+
+
 LEAVES = [(k, v) for k, v in __import__("digit_bench.config", fromlist=["flatten"]).flatten(to_dict(ExperimentConfig())).items()
           if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("name",) and not k.startswith("launcher.")]
 

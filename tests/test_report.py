@@ -1,4 +1,5 @@
-"""digit_bench.report on synthetic rows: 2 backbones × 2 codebook sizes × 2 seeds, a real-data ceiling, a failure."""
+"""digit_bench.report on synthetic rows (2 backbones × 2 codebook sizes × 3 seeds, a real-data ceiling, a failure),
+on a small artifact store holding real sample grids, and on a committed sweep output (results/backbones/smoke)."""
 
 import json
 import re
@@ -11,12 +12,18 @@ import pandas as pd
 import pytest
 
 from digit_bench import report
+from digit_bench.artifacts import Store
+from digit_bench.cli import main as cli_main
 from digit_bench.errors import UserError
+from digit_bench.eval.grids import save_grid
+from digit_bench.metric_registry import glossary_markdown
 
-PUBLISHED = Path(__file__).resolve().parents[1] / "baselines" / "published.csv"
+REPO = Path(__file__).resolve().parents[1]
+COMMITTED = REPO / "results" / "backbones" / "smoke"
 CHROMIUM = Path("/usr/bin/chromium")
 SWEPT = ["backbone.name", "tokenizer.k", "seed"]
 SNRS = (30, 20, 10)
+SEEDS = (0, 1, 2)
 EXPECTED_FIGURES = {
     "fig_fd_local_vs_tokenizer.k.png", "fig_fd_local_vs_params.png", "fig_probe_top1_vs_layer.png",
     "fig_token_change_vs_snr.png", "fig_fd_local_vs_token_change_snr20.png", "fig_fd_local_vs_cost.total.wall_s.png",
@@ -26,14 +33,19 @@ EXPECTED_FIGURES = {
 def _run_row(backbone: str, k: int, seed: int, rng: np.random.Generator) -> dict:
     """One flat metrics.json of a finished run, with values that depend on the cell plus seed noise."""
     fd = {"dino_tiny": 40.0, "mae_tiny": 60.0}[backbone] - 5 * np.log2(k / 16) + rng.normal(0, 1)
+    run_id = f"{backbone}-k{k}-s{seed}"
     row = {
-        "run_id": f"{backbone}-k{k}-s{seed}", "sweep": "kmeans_k", "profile": "tiny", "seed": seed,
+        "run_id": run_id, "sweep": "kmeans_k", "profile": "tiny", "seed": seed,
         "generator": "digit", "row_kind": "run", "backbone.name": backbone, "tokenizer.k": k,
         "fd_local": fd, "fd_local_ci_low": fd - 2, "fd_local_ci_high": fd + 2, "is_local": 100 / fd,
-        "precision_local": 0.5, "recall_local": 0.4, "probe_top1": 0.6 + rng.normal(0, 0.01), "probe_layer": 2,
-        "probe_curve": [0.3, 0.5, 0.6 + rng.normal(0, 0.01)], "codebook_usage": 0.9, "codebook_perplexity": k * 0.8,
-        "circular": backbone == "dino_tiny", "protocol": "fd_local: tiny classifier, 1000 samples",
+        "precision_local": 0.5, "recall_local": 0.4, "probe_top1": 60 + rng.normal(0, 1), "probe_layer": seed % 2,
+        "probe_curve": [30, 50, 60 + rng.normal(0, 1)], "codebook_usage": 0.9, "codebook_perplexity": k * 0.8,
+        "circular": backbone == "dino_tiny", "num_samples": 1000,
+        "protocol_local": "torch-fidelity 0.4.0 digit-bench-local[feat] sha256:abc | reference local-test (500 images) "
+                          "| 1000 samples 32x32 | torch 2.4",
         "cost.train.wall_s": 10.0 * k, "cost.total.wall_s": 12.0 * k + seed, "params": 1e5 + 64 * k, "flops": 1e9,
+        "artifacts.metrics": f"digit-{run_id}-local-0", "artifacts.tokenizer_metrics": f"{backbone}-k{k}",
+        "config": json.dumps({"data": {"name": "fashion_mnist", "image_size": 32}, "eval": {"bootstrap": 20}}),
     }
     for snr in SNRS:
         row[f"token_change_snr{snr}"] = 0.1 + 0.01 * (30 - snr) + (0.1 if backbone == "mae_tiny" else 0)
@@ -43,9 +55,10 @@ def _run_row(backbone: str, k: int, seed: int, rng: np.random.Generator) -> dict
 
 def _rows() -> list[dict]:
     rng = np.random.default_rng(0)
-    rows = [_run_row(b, k, s, rng) for b in ("dino_tiny", "mae_tiny") for k in (16, 64) for s in (0, 1)]
-    ceiling = {"run_id": "ceiling-val", "sweep": "kmeans_k", "profile": "tiny", "seed": 0, "generator": "digit",
-               "row_kind": "ceiling", "fd_local": 1.5, "is_local": 90.0, "protocol": "fd_local: val vs test"}
+    rows = [_run_row(b, k, s, rng) for b in ("dino_tiny", "mae_tiny") for k in (16, 64) for s in SEEDS]
+    ceiling = {"run_id": "real_val-local-0", "sweep": "kmeans_k", "profile": "tiny", "seed": 0,
+               "generator": "fashion_mnist-val", "row_kind": "ceiling", "source": "real", "fd_local": 1.5,
+               "fd_local_ci_low": 1.0, "fd_local_ci_high": 2.5, "is_local": 90.0}
     return rows + [ceiling]
 
 
@@ -53,11 +66,32 @@ FAILED = [{"run_id": "mae_tiny-k256-s0", "stage": "train_gpt",
            "error": "Traceback (most recent call last):\n  ...\nRuntimeError: CUDA out of memory | step 12"}]
 
 
+def _store(root: Path, rows: list[dict]) -> Store:
+    """A real artifact store holding, per row, an evaluate artifact whose `images` parent has a grid.png."""
+    store = Store(root)
+    rng = np.random.default_rng(1)
+    for row in rows:
+        eval_id = row.get("artifacts.metrics") or row["run_id"]
+        image_id = f"img-{eval_id}"
+        for stage, aid, manifest in (("evaluate", eval_id, {"parents": {"images": image_id}, "git_commit": "abc123",
+                                                           "host": "node1", "created": "2026-01-01T10:00:00"}),
+                                     ("render", image_id, {"parents": {}})):
+            path = store.path(stage, aid)
+            path.mkdir(parents=True)
+            (path / "manifest.json").write_text(json.dumps({"stage": stage, "id": aid, **manifest}))
+            (path / "DONE").write_text(aid)
+        grey = rng.integers(0, 256, size=(64, 32, 32, 1), dtype=np.uint8)  # (64, H, W, 1)
+        save_grid(np.repeat(grey, 3, axis=-1), store.path("render", image_id) / "grid.png")
+    return store
+
+
 @pytest.fixture(scope="module")
 def written(tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("report")
-    return report.write_report(_rows(), out, sweep="kmeans_k", profile="tiny", swept_keys=SWEPT, failed=FAILED,
-                               published_csv=PUBLISHED)
+    tmp = tmp_path_factory.mktemp("report")
+    rows = _rows()
+    out = tmp / "results" / "kmeans_k" / "tiny"
+    return report.write_report(rows, out, sweep="kmeans_k", profile="tiny", swept_keys=SWEPT, failed=FAILED,
+                               store=_store(tmp / "runs", rows))
 
 
 def _md_rows(text: str, section: str) -> list[dict]:
@@ -71,21 +105,37 @@ def _md_rows(text: str, section: str) -> list[dict]:
 def test_every_file_exists(written):
     out = written["results_csv"].parent
     for name in ("results.csv", "results.parquet", "table.md", "table.tex", "comparison.md", "failed.md",
-                 "index.html"):
+                 "failed.json", "index.html", "provenance.json", "report.json"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert {p.name for p in written["figures"]} == EXPECTED_FIGURES
-    assert written["n_runs"] == 8 and written["n_failed"] == 1
+    assert all(p.with_suffix(".pdf").read_bytes()[:4] == b"%PDF" for p in written["figures"])
+    assert written["n_runs"] == 12 and written["n_failed"] == 1
+    assert (out.parent.parent / "index.html").is_file()  # the landing page over every sweep/profile
+    assert 'href="kmeans_k/tiny/index.html"' in (out.parent.parent / "index.html").read_text()
 
 
-def test_csv_is_tidy_with_expected_columns(written):
+def test_samples_are_copied_and_runs_linked(written):
+    out = written["results_csv"].parent
+    assert {p.stem for p in (out / "samples").glob("*.png")} == {r["run_id"] for r in _rows()}
+    page = written["index_html"].read_text()
+    assert 'src="samples/real_val-local-0.png"' in page and 'src="samples/dino_tiny-k16-s0.png"' in page
+    assert (out / "runs" / "dino_tiny-k16-s0" / "manifest.json").is_file()
+    assert (out / "runs" / "dino_tiny-k16-s0" / "config.yaml").read_text().startswith("data:")
+    assert 'href="runs/dino_tiny-k16-s0/config.yaml"' in page
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["runs_commits"] == ["abc123"] and prov["runs_hosts"] == ["node1"]
+
+
+def test_csv_is_tidy_and_carries_the_protocol_card(written):
     df = pd.read_csv(written["results_csv"])
-    assert len(df) == 9 and df["run_id"].is_unique
+    assert len(df) == 13 and df["run_id"].is_unique
     assert list(df.columns[:8]) == ["run_id", "sweep", "profile", "row_kind", "generator", "seed", "backbone.name",
                                     "tokenizer.k"]
-    for col in ("fd_local", "fd_local_ci_low", "probe_curve", "circular", "protocol", "cost.train.wall_s",
-                "token_change_snr20", "cos_sim_snr10", "params", "flops"):
-        assert col in df, col
-    assert json.loads(df.loc[0, "probe_curve"])[:2] == [0.3, 0.5]
+    assert df["protocol"].nunique() == 1
+    card = df["protocol"].iloc[0]
+    for part in ("extractor: torch-fidelity 0.4.0 digit-bench-local[feat] sha256:abc", "reference set: local-test",
+                 "samples: 1000", "seeds: 0, 1, 2", "interval:", "percentile bootstrap of fd_local"):
+        assert part in card, part
     parquet = pd.read_parquet(written["results_parquet"])
     pd.testing.assert_frame_equal(parquet[["run_id", "fd_local"]], df[["run_id", "fd_local"]])
 
@@ -107,62 +157,97 @@ def test_higher_is_better(name, expected):
     assert report.higher_is_better(name) is expected
 
 
-def test_mean_and_std_over_seeds(written):
+def test_main_table_shows_t_intervals_over_seeds_and_the_full_table_mean_and_std(written):
     df = pd.read_csv(written["results_csv"])
     cell = df[(df["backbone.name"] == "mae_tiny") & (df["tokenizer.k"] == 64)]["fd_local"].to_numpy()
-    mean, std = cell.mean(), cell.std(ddof=1)
-    keys = ["backbone.name", "tokenizer.k"]
-    agg = report.aggregate(df, keys, ["fd_local"]).set_index(keys)
-    assert agg.loc[("mae_tiny", 64), "fd_local_mean"] == pytest.approx(mean)
-    assert agg.loc[("mae_tiny", 64), "fd_local_std"] == pytest.approx(std)
-    assert agg.loc[("mae_tiny", 64), "n"] == 2
-    rows = _md_rows(written["table_md"].read_text(), "runs")
-    md = next(r for r in rows if r["backbone.name"] == "mae_tiny" and r["tokenizer.k"] == "64")
-    assert md["fd_local ↓"].strip("*") == f"{mean:.4g} ± {std:.2g}"
-    assert md["n"] == "2" and md["circular"] == ""
-
-
-def test_bold_marks_the_best_run_cell_only(written):
+    lo, hi = report.t_interval(cell)
+    half = 4.302653 * cell.std(ddof=1) / np.sqrt(3)  # t(0.975, 2)
+    assert (lo, hi) == pytest.approx((cell.mean() - half, cell.mean() + half))
     table = written["table_md"].read_text()
-    runs = _md_rows(table, "runs")
-    bold_fd = [r for r in runs if r["fd_local ↓"].startswith("**")]
-    assert [(r["backbone.name"], r["tokenizer.k"]) for r in bold_fd] == [("dino_tiny", "64")]  # lowest FD
-    bold_is = [r for r in runs if r["is_local ↑"].startswith("**")]
-    assert [(r["backbone.name"], r["tokenizer.k"]) for r in bold_is] == [("dino_tiny", "64")]  # highest IS
-    assert not any(v.startswith("**") for r in runs for v in (r["n"], r["tokenizer.k"]))
-    assert not any(r["precision_local ↑"].startswith("**") for r in runs)  # equal in every cell: no best
-    ceiling = _md_rows(table, "real-data ceilings")
-    assert len(ceiling) == 1 and ceiling[0]["fd_local ↓"] == "1.5"  # better than every run, yet not bold
+    main = next(r for r in _md_rows(table, "Main table") if r["label"] == "DiGIT · mae_tiny · K=64")
+    assert main["fd_local ↓"].strip("*≈ ") == f"{cell.mean():.4g} [{lo:.3g}, {hi:.3g}]"
+    assert main["n"] == "3" and main["circular"] == ""
+    full = next(r for r in _md_rows(table, "Full table") if r["label"] == "DiGIT · mae_tiny · K=64")
+    assert full["fd_local ↓"].strip("*≈ ") == f"{cell.mean():.4g} ± {cell.std(ddof=1):.2g}"
+    assert full["probe_layer"] == "0, 1"  # a choice: its values, never averaged
+    assert full["precision_local ↑"] == "0.5"  # the same in every seed: no "± 0"
+    assert full["params"] == "104k"
+
+
+def test_bold_only_when_the_best_is_separated_from_every_other_cell(written):
+    runs = _md_rows(written["table_md"].read_text(), "Main table")
+    by_label = {r["label"]: r for r in runs}
+    assert by_label["DiGIT · dino_tiny · K=64"]["fd_local ↓"].startswith("**")  # 10 FD better, 3 seeds: separated
+    assert sum(r["fd_local ↓"].startswith("**") for r in runs) == 1
+    assert not any(r["precision_local ↑"].startswith("**") or "≈" in r["precision_local ↑"] for r in runs)
+    assert not any("**" in r["params"] or "**" in r["cost.total.wall_s ↓"] for r in runs)  # sizes/costs unmarked
+    ceilings = _md_rows(written["table_md"].read_text(), "Ceilings: real data and decoders")
+    assert ceilings[0]["label"] == "real data (val)" and ceilings[0]["fd_local ↓"] == "1.5 [1, 2.5]"
     tex = written["table_tex"].read_text()
-    assert r"fd\_local $\downarrow$" in tex and r"\bfseries" in tex and "dino\\_tiny" in tex
+    assert r"fd\_local $\downarrow$" in tex and r"\textbf{" in tex and "dino\\_tiny" in tex
 
 
-def test_comparison_separates_measured_and_published(written):
+def _cell(values, low=None, high=None):
+    return report.Cell(pd.Series(values, index=range(len(values)), dtype=float), low, high)
+
+
+def test_significance_marks_ties_and_never_bolds_inside_the_noise():
+    separated = [_cell([10.0, 10.5, 9.8]), _cell([20.0, 21.0, 19.5])]
+    assert report.rank_marks(separated, higher=False)[0] == ["best", ""]
+    noisy = [_cell([10.0, 14.0, 8.0]), _cell([11.0, 9.0, 13.5])]
+    assert report.rank_marks(noisy, higher=False)[0] == ["tie", "tie"]
+    single_overlap = [_cell([10.0], 8.0, 12.0), _cell([11.0], 9.0, 13.0), _cell([30.0], 28.0, 32.0)]
+    marks, how = report.rank_marks(single_overlap, higher=False)
+    assert marks == ["tie", "tie", ""] and how == "interval overlap"
+    no_interval = [_cell([10.0]), _cell([11.0])]
+    assert report.rank_marks(no_interval, higher=False)[0] == ["", ""]
+    constant = [_cell([0.3, 0.3]), _cell([0.5, 0.5])]  # a seed-independent metric: its noise was never measured
+    assert report.rank_marks(constant, higher=False)[0] == ["", ""]
+
+
+def test_claims_get_a_verdict_from_the_data():
+    rng = np.random.default_rng(0)
+    rows = []
+    for seed in SEEDS:
+        for gen, fd, change in (("digit", 40.0, 0.2), ("vqgan_ar", 50.0, 0.4), ("ldm", 40.5, None)):
+            rows.append({"run_id": f"{gen}-s{seed}", "generator": gen, "row_kind": "run", "seed": seed,
+                         "backbone.name": "dino_tiny" if gen == "digit" else None,
+                         "fd_local": fd + rng.normal(0, 0.5), "token_change_snr20": change})
+    claims = report.claim_table(pd.DataFrame(rows), ["generator"]).text.set_index("claim")
+    assert claims.loc["DiGIT beats the same GPT on VQGAN tokens", "verdict"] == "holds"
+    assert claims.loc["DiGIT beats the latent diffusion model", "verdict"] == "within noise"
+    assert claims.loc["Discriminative tokens are more stable than VQ tokens", "verdict"] == \
+        "same direction, noise not measured"
+    for r in rows:
+        r["fd_local"] = 100 - r["fd_local"] if r["generator"] == "digit" else r["fd_local"]
+    claims = report.claim_table(pd.DataFrame(rows), ["generator"]).text.set_index("claim")
+    assert claims.loc["DiGIT beats the same GPT on VQGAN tokens", "verdict"] == "reversed"
+
+
+def test_comparison_has_verdicts_then_published_rows_and_the_card(written):
     text = written["comparison_md"].read_text()
     titles = re.findall(r"^## (.+)$", text, flags=re.M)
-    assert titles == ["Measured here (kmeans_k/tiny): runs", "Measured here (kmeans_k/tiny): real-data ceilings",
-                      "Published: LDM, VQGAN-AR and DiGIT (DiGIT paper Tables 2–4)",
+    assert titles == ["Ours vs paper", "Published: LDM, VQGAN-AR and DiGIT (DiGIT paper Tables 2–4)",
                       "Published: token stability (DiGIT paper Table 1)"]
-    measured = _md_rows(text, titles[0])
-    assert "cost.total.wall_s ↓" in measured[0] and "codebook_usage ↑" not in measured[0]
-    published = _md_rows(text, titles[2])
+    claims = _md_rows(text, titles[0])
+    assert {c["claim"] for c in claims} == {"A discriminative SSL tokenizer beats a reconstructive one"}
+    assert claims[0]["verdict"] == "holds"  # dino 30 vs mae 50
+    published = _md_rows(text, titles[1])
     methods = {r["method"] for r in published}
     assert {"LDM", "LDM-4", "VQGAN", "DiGIT (+VQGAN)", "DiGIT (+MaskGIT)", "VQ only"} <= methods
     assert not methods & {"BigGAN", "MAGE", "VAR", "iGPT-L"}
-    assert all(r["published"] == "True" for r in published)
-    assert {"39.1", "24.38", "4.59", "9.10"} & {r["fid ↓"] for r in published} == {"39.1", "24.38", "4.59"}
-    assert len(_md_rows(text, titles[3])) == 16
+    assert len(_md_rows(text, titles[2])) == 16
+    assert "**Protocol card**" in text
 
 
 def test_failed_runs_are_listed(written):
-    rows = _md_rows(written["failed_md"].read_text(), "Failed runs")
-    assert rows[0]["run_id"] == "mae_tiny-k256-s0" and rows[0]["stage"] == "train_gpt"
-    assert rows[0]["error"].endswith(r"RuntimeError: CUDA out of memory \| step 12")
+    text = written["failed_md"].read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| mae_tiny")]
+    assert rows and "train_gpt" in rows[0] and rows[0].endswith(r"RuntimeError: CUDA out of memory \| step 12 |")
+    assert json.loads((written["failed_md"].parent / "failed.json").read_text())[0]["stage"] == "train_gpt"
 
 
-def test_figures_are_pngs_and_regenerate_from_the_csv_alone(written, tmp_path):
-    for fig in written["figures"]:
-        assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", fig
+def test_figures_regenerate_from_the_csv_alone(written, tmp_path):
     csv = tmp_path / "committed" / "results.csv"
     csv.parent.mkdir()
     shutil.copy(written["results_csv"], csv)
@@ -170,49 +255,56 @@ def test_figures_are_pngs_and_regenerate_from_the_csv_alone(written, tmp_path):
     (tmp_path / "figs" / "fig_stale.png").write_bytes(b"old")
     regenerated = report.figures_from_csv(csv, tmp_path / "figs")
     assert [p.name for p in regenerated] == [p.name for p in written["figures"]]
-    assert {p.name for p in (tmp_path / "figs").iterdir()} == EXPECTED_FIGURES
+    assert {p.name for p in (tmp_path / "figs").glob("*.png")} == EXPECTED_FIGURES
 
 
-def test_figures_need_more_than_one_value(tmp_path):
+def test_figures_need_an_x_axis_that_varies(tmp_path):
     rows = [r for r in _rows() if r.get("tokenizer.k") in (None, 16)]
     for r in rows:
         r.pop("probe_curve", None)
-    out = report.write_report(rows, tmp_path, sweep="s", profile="tiny", swept_keys=SWEPT, failed=[],
-                              published_csv=PUBLISHED)
+    out = report.write_report(rows, tmp_path, sweep="s", profile="tiny", swept_keys=SWEPT, failed=[])
     names = {p.name for p in out["figures"]}
     assert "fig_fd_local_vs_tokenizer.k.png" not in names and "fig_probe_top1_vs_layer.png" not in names
     assert "fig_token_change_vs_snr.png" in names
     assert "No run failed." in out["failed_md"].read_text()
+    same_tokenizer = [{**r, "artifacts.tokenizer_metrics": "one"} for r in rows]  # every cell: one tokenizer
+    out = report.write_report(same_tokenizer, tmp_path, sweep="s", profile="tiny", swept_keys=SWEPT, failed=[])
+    assert "fig_token_change_vs_snr.png" not in {p.name for p in out["figures"]}
 
 
-def test_report_from_dir_and_cli(tmp_path, capsys):
-    rows_dir = tmp_path / "runs" / "runs_index" / "kmeans_k" / "tiny"
+def test_cli_takes_a_yaml_a_name_or_a_results_folder(tmp_path, capsys):
+    rows_dir = tmp_path / "runs" / "sweeps" / "backbones" / "smoke"
     rows_dir.mkdir(parents=True)
     for row in _rows() + FAILED:
-        (rows_dir / f"{row['run_id']}.json").write_text(json.dumps(row))
-    out = tmp_path / "results"
-    assert report.main(["kmeans_k", "--root", str(tmp_path / "runs"), "--out", str(out),
-                        "--published", str(PUBLISHED)]) == 0
-    summary = json.loads(capsys.readouterr().out)
-    assert summary["n_runs"] == 8 and summary["n_failed"] == 1
-    assert len(pd.read_csv(out / "results.csv")) == 9
-    assert "mae_tiny-k256-s0" in (out / "failed.md").read_text()
+        (rows_dir / f"{row['run_id']}.json").write_text(json.dumps(row, default=str))
+    results = tmp_path / "results"
+    args = ["--root", str(tmp_path / "runs"), "--results", str(results)]
+    assert cli_main(["report", str(REPO / "ablations" / "backbones.yaml"), "--profile", "smoke", *args]) == 0
+    assert json.loads(capsys.readouterr().out)["report"] == [str(results / "backbones" / "smoke")]
+    assert len(pd.read_csv(results / "backbones" / "smoke" / "results.csv")) == 13
+    assert "mae_tiny-k256-s0" in (results / "backbones" / "smoke" / "failed.md").read_text()
+    assert cli_main(["report", "backbones", "--profile", "smoke", *args]) == 0
+    capsys.readouterr()
+    assert cli_main(["report", str(results / "backbones" / "smoke"), "--out", str(tmp_path / "again"), "--readme"]) == 0
+    snippet = capsys.readouterr().out
+    assert snippet.startswith(f"#### {tmp_path / 'again'}") and "| DiGIT · dino_tiny · K=64 |" in snippet
+    assert "**Protocol card**" in snippet and "Ours vs paper" not in snippet.split("**Protocol card**")[1]
 
 
-def test_user_errors(tmp_path):
+def test_user_errors(tmp_path, capsys):
     with pytest.raises(UserError, match="no run rows"):
-        report.report_from_dir(tmp_path, tmp_path / "out", "s", "tiny", PUBLISHED)
+        report.report_from_dir(tmp_path, tmp_path / "out", "s", "tiny")
     with pytest.raises(UserError, match="tokenizer.layer"):
-        report.write_report(_rows(), tmp_path, sweep="s", profile="tiny", swept_keys=["tokenizer.layer"], failed=[],
-                            published_csv=PUBLISHED)
+        report.write_report(_rows(), tmp_path, sweep="s", profile="tiny", swept_keys=["tokenizer.layer"], failed=[])
     with pytest.raises(UserError, match="no finished run"):
-        report.write_report([], tmp_path, sweep="s", profile="tiny", swept_keys=SWEPT, failed=FAILED,
-                            published_csv=PUBLISHED)
+        report.write_report([], tmp_path, sweep="s", profile="tiny", swept_keys=SWEPT, failed=FAILED)
     assert "train_gpt" in (tmp_path / "failed.md").read_text()
+    assert cli_main(["report", "nosuchsweep", "--root", str(tmp_path)]) == 2
+    assert "run the sweep first" in capsys.readouterr().err
 
 
-def test_published_csv_holds_every_paper_row():
-    df = pd.read_csv(PUBLISHED, dtype=str)
+def test_published_csv_ships_inside_the_package():
+    df = report.read_published()
     assert list(df.columns) == ["source", "table", "task", "type", "method", "params_m", "epochs", "fid", "is",
                                 "probe_top1", "acc_ol", "token_change", "cos_sim", "snr_db", "notes", "published"]
     assert df["table"].value_counts().to_dict() == {"Table 4": 22, "Table 1": 16, "Table 3": 12, "Table 2": 9,
@@ -227,17 +319,78 @@ def test_published_csv_holds_every_paper_row():
     assert df[(df["table"] == "Table 3") & (df["method"] == "MAGE")]["fid"].tolist() == ["11.1", "9.10"]
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} (headless Chromium) is not installed")
-def test_index_html_renders_and_every_image_loads(written, tmp_path):
-    index = written["index_html"]
-    dom = subprocess.run(
+def test_the_glossary_in_docs_is_generated_from_the_registry():
+    assert (REPO / "docs" / "metrics.md").read_text() == glossary_markdown()
+
+
+@pytest.fixture(scope="module")
+def committed(tmp_path_factory) -> Path:
+    """The committed smoke sweep output (a real sweep's rows, older columns included), re-rendered elsewhere."""
+    out = tmp_path_factory.mktemp("committed") / "backbones" / "smoke"
+    report.report_from_csv(COMMITTED, out)
+    return out
+
+
+def test_the_protocol_card_of_a_real_sweep_is_in_every_output(committed):
+    source = pd.read_csv(COMMITTED / "results.csv")
+    extractor = source["protocol_local"].dropna().iloc[0].split(" | ")[0]  # what the evaluate stage recorded
+    reference = source["protocol_local"].dropna().iloc[0].split(" | ")[1].removeprefix("reference ")
+    for name in ("table.md", "comparison.md", "index.html", "results.csv"):
+        text = (committed / name).read_text()
+        for expected in (extractor, reference, "200 generated images per run", "seeds", "interval"):
+            assert expected in text, (name, expected)
+    df = pd.read_csv(committed / "results.csv")
+    assert df["protocol"].str.contains(extractor, regex=False).all()
+    assert 'id="protocol-card"' in (committed / "index.html").read_text()
+
+
+def _render(index: Path, tmp_path: Path, script: str) -> str:
+    """The page's DOM after load and after `script` ran, dumped by headless Chromium."""
+    page = index.read_text().replace("</body>", f"<script>window.addEventListener('load', () => {{{script}}});"
+                                                  "</script></body>")
+    probe = index.with_name("probe.html")
+    probe.write_text(page)
+    proc = subprocess.run(
         [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom", index.as_uri()],
-        capture_output=True, text=True, timeout=120, check=True).stdout
-    total = re.search(r'data-images-total="(\d+)"', dom)
-    loaded = re.search(r'data-images-loaded="(\d+)"', dom)
-    assert total and loaded, dom[:500]
-    assert int(total.group(1)) == int(loaded.group(1)) == len(EXPECTED_FIGURES)
-    assert dom.count("<table") == 7  # results: runs + ceilings; comparison: 2 measured + 2 published; failed
-    assert "mae_tiny-k256-s0" in dom and "dino_tiny" in dom
+         "--enable-logging=stderr", "--v=0", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000",
+         "--window-size=1400,900", "--dump-dom", probe.as_uri()],
+        capture_output=True, text=True, timeout=120, check=True)
+    probe.unlink()
+    console_errors = [line for line in proc.stderr.splitlines() if "CONSOLE" in line and "ERROR" in line.upper()]
+    assert not console_errors, console_errors
+    return proc.stdout
+
+
+_VISIBLE = """
+  const seen = (sel) => { const el = document.querySelector(sel); if (!el) return 0;
+    const r = el.getBoundingClientRect(); return r.width > 0 && r.height > 0 ? 1 : 0; };
+  document.body.dataset.mainTable = seen("#main-table");
+  document.body.dataset.card = seen("#protocol-card");
+  document.body.dataset.grid = seen("#sample-grids img");
+  const th = Array.from(document.querySelectorAll("#main-table thead th")).find((h) => h.textContent.startsWith("fd_"));
+  th.click();
+  document.body.dataset.sortedFirst = document.querySelector("#main-table tbody tr td").textContent;
+  document.body.dataset.sticky = getComputedStyle(th).position;
+"""
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} (headless Chromium) is not installed")
+def test_the_page_renders_in_chromium_with_table_card_grids_and_no_console_error(written, tmp_path):
+    dom = _render(written["index_html"], tmp_path, _VISIBLE)
+    attrs = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', dom.split("<body", 1)[1].split(">", 1)[0]))
+    assert attrs["main-table"] == attrs["card"] == attrs["grid"] == "1", attrs
+    assert attrs["images-total"] == attrs["images-loaded"]
+    assert int(attrs["images-total"]) == len(EXPECTED_FIGURES) + 5  # figures + 4 cells' grids + the real data grid
+    assert attrs["sorted-first"] == "DiGIT · dino_tiny · K=64"  # sorted by FD, ascending
+    assert attrs["sticky"] == "sticky"
+    assert "holds" in dom and "mae_tiny-k256-s0" in dom
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} (headless Chromium) is not installed")
+def test_the_landing_page_and_a_committed_page_render(committed, tmp_path):
+    dom = _render(committed.parent.parent / "index.html", tmp_path, "")
+    assert 'href="backbones/smoke/index.html"' in dom
+    dom = _render(committed / "index.html", tmp_path, _VISIBLE)
+    attrs = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', dom.split("<body", 1)[1].split(">", 1)[0]))
+    assert attrs["main-table"] == attrs["card"] == "1" and attrs["images-total"] == attrs["images-loaded"]

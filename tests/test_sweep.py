@@ -102,11 +102,31 @@ def test_local_cluster_computes_the_micro_sweep_in_subprocesses(micro):
         assert manifest.get("device", f"cpu x{THREADS}") == f"cpu x{THREADS}"  # local_workers jobs share the cores
 
 
+def test_the_sweep_report_shows_grey_samples_and_the_protocol_card(micro):
+    """The report of a real sweep: every run's and ceiling's sample grid copied beside the tables, grey like its
+    Fashion-MNIST data (R=G=B), and the protocol the evaluate stage recorded on every table."""
+    import numpy as np
+    from PIL import Image
+
+    out = micro.results / "micro" / "smoke"
+    df = pd.read_csv(out / "results.csv")
+    assert {p.stem for p in (out / "samples").glob("*.png")} == set(df["run_id"])
+    for grid in (out / "samples").glob("*.png"):
+        rgb = np.asarray(Image.open(grid).convert("RGB")).astype(int)  # (H, W, 3)
+        assert (rgb.max(-1) - rgb.min(-1)).max() == 0, grid.name
+    extractor = df["protocol_local"].dropna().iloc[0].split(" | ")[0]
+    for name in ("table.md", "comparison.md", "index.html"):
+        assert extractor in (out / name).read_text(), name
+    assert (df["protocol"].str.contains(extractor, regex=False)).all()
+    assert (micro.results / "index.html").is_file() and set(pd.read_csv(out / "curves.csv")["role"]) >= {"gpt", "vqgan"}
+
+
 class FakeJob:
     """A submitit job: `result()` calls `finish` (the job running to its end), then returns or raises `outcome`."""
 
     def __init__(self, spec: dict, outcome, finish=lambda: None):
         self.spec, self.outcome, self.finish, self.job_id = spec, outcome, finish, f"job-{spec['id']}"
+        self.paths = SimpleNamespace(stdout=f"logs/{self.job_id}.out", stderr=f"logs/{self.job_id}.err")
 
     def result(self) -> dict:
         self.finish()
@@ -337,8 +357,8 @@ def test_failed_cell_is_retried_then_reported_and_its_descendants_skipped(micro,
 def test_status_shows_every_role_done_after_the_sweep(micro, capsys):
     assert cli.main(["status", str(MICRO), "--profile", "smoke", "--root", str(micro.root), *FAST]) == 0
     status = json.loads(capsys.readouterr().out)["status"]
-    assert len(status) == 3 and {v for run in status.values() for v in run.values()} == {"done"}
+    assert len(status) == 3 and {v["state"] for run in status.values() for v in run.values()} == {"done"}
     assert cli.main(["status", str(MICRO), "--profile", "smoke", "--root", str(micro.root), *FAST,
                      "--set", "sample.top_k=5"]) == 0
     status = json.loads(capsys.readouterr().out)["status"]
-    assert {run["samples"] for run in status.values() if "samples" in run} == {"-"}
+    assert {run["samples"]["state"] for run in status.values() if "samples" in run} == {"-"}

@@ -181,3 +181,26 @@ def test_multi_group_fit_steps_each_optimizer_on_its_own_loss(tmp_path, disc_lea
     # a zero discriminator loss must leave it untouched although the generator loss reaches it
     assert torch.equal(model.disc.weight, before["disc.weight"]) != disc_learns
     assert set(load_checkpoint(tmp_path / "ckpt.pt")["optimizer"]) == {"gen", "disc"}
+
+
+def test_tensorboard_mirrors_log_jsonl_when_asked(tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setenv("DIGIT_BENCH_TENSORBOARD", str(tmp_path / "tb"))
+    cfg = train_cfg(steps=4, ema=0.0)
+    work = tmp_path / "gpt-nano-abc.work"
+    fit(tiny_gpt(), gpt_loss(0.1), batches(cfg), cfg, work, seed=0)
+    log = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(tmp_path / "tb" / "gpt-nano-abc")).Reload()
+    assert [e.value for e in events.Scalars("loss/main")] == pytest.approx([r["loss/main"] for r in log])
+    assert [e.step for e in events.Scalars("loss/main")] == [1, 2, 3, 4]
+
+
+def test_tensorboard_unset_writes_nothing_and_missing_is_a_user_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("DIGIT_BENCH_TENSORBOARD", raising=False)
+    assert training.tensorboard_writer(tmp_path) is None
+    monkeypatch.setenv("DIGIT_BENCH_TENSORBOARD", str(tmp_path / "tb"))
+    monkeypatch.setitem(__import__("sys").modules, "torch.utils.tensorboard", None)  # as if not installed
+    with pytest.raises(training.UserError, match="pip install 'digit_bench\\[tensorboard\\]'"):
+        training.tensorboard_writer(tmp_path / "x.work")

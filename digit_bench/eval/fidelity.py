@@ -243,7 +243,7 @@ def extract_features(images: np.ndarray, extractor: Extractor, batch_size: int =
     module = create_feature_extractor(extractor.fidelity_name, list(layers), cuda=cuda, verbose=False, **weights)
     # save_cpu_ram: no DataLoader workers; the images are already in memory and workers only cost start-up time.
     return get_featuresdict_from_dataset(UInt8Images(images), module, batch_size, cuda, save_cpu_ram=True,
-                                         verbose=False)
+                                         verbose=True)  # a progress bar on stderr
 
 
 # ------------------------------------------------------------------------------------------------ reference

@@ -1,6 +1,6 @@
 """Linear probes on frozen features: one head per layer, trained together; lr and layer chosen on held-out train.
 
-Protocol, after DiGIT's `model_linearprobe.py` + `sgd_hydra` (paper.md §4) and dinov2's multi-head linear eval:
+Protocol, after DiGIT's `model_linearprobe.py` + `sgd_hydra` (docs/paper.md §4) and dinov2's multi-head linear eval:
 - one `nn.Linear(D_l, C)` per layer l (init N(0, 0.01), bias 0), all trained in one pass with summed losses;
   the heads share no parameters, so training them together equals training them one by one;
 - SGD, momentum 0.9, weight decay 0, cosine schedule to 0 without warmup, cross-entropy without smoothing;
@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
+from tqdm import tqdm
 
 
 def _moments(feats: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
@@ -55,7 +56,7 @@ def _train_heads(feats: list[Tensor], labels: Tensor, idx: Tensor, lrs: list[lis
     opt = torch.optim.SGD(groups, momentum=0.9, weight_decay=0.0)
     steps = epochs * math.ceil(len(idx) / batch_size)
     sched = LambdaLR(opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * s / steps)))
-    for _ in range(epochs):
+    for _ in tqdm(range(epochs), desc=f"probe ({len(feats)} layers x {len(lrs[0])} lrs)", unit="epoch"):
         for batch in idx[torch.randperm(len(idx), generator=g)].split(batch_size):
             y = labels[batch].to(device)  # (B,)
             loss = torch.zeros((), device=device)

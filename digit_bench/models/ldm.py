@@ -17,7 +17,7 @@ Three pieces, in the order the pipeline runs them:
 Choices and why:
 - UNet is the default because the paper's LDM rows (Tables 3 and 4) are UNets; DiT (Peebles & Xie 2023) is the
   alternative `denoiser: dit`, for the DiT-XL/2 row, sizes in `DIT_SIZES`. A DiT is not slower per parameter here:
-  offline.md §4 measured 0.50 s/M-params (DiT) vs 0.59 s/M (UNet) per batch-64 step on 32x32 latents; on the tiny
+  we measured 0.50 s/M-params (DiT) vs 0.59 s/M (UNet) per batch-64 step on 32x32 latents; on the tiny
   profile's 8x8 latents (16 tokens) a batch-64 step of dit-tiny (1.4M) takes 0.09 s vs 0.38 s for the (64, 128)
   UNet (4.0M), one thread.
 - The trained VAE uses LDM's loss balance (sum of |x - x_rec| over pixels + kl_weight * KL, here divided by the
@@ -57,13 +57,14 @@ from diffusers import AutoencoderKL, DDPMScheduler, DiTTransformer2DModel, UNet2
 from diffusers.models.embeddings import LabelEmbedding
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
+from tqdm import tqdm
 
 from digit_bench.config import LDMConfig
 from digit_bench.errors import UserError
 from digit_bench.registry import did_you_mean
 from digit_bench.training import fit, load_checkpoint
 
-SD_VAE_HINT = ("download stabilityai/sd-vae-ft-ema on a machine with internet (`huggingface-cli download "
+SD_VAE_HINT = ("download stabilityai/sd-vae-ft-ema on a machine with internet (`hf download "
                "stabilityai/sd-vae-ft-ema --local-dir <folder>`: config.json + diffusion_pytorch_model.safetensors), "
                "copy the folder here and set ldm.vae_weights to it")
 LAYERS_PER_BLOCK = 2  # res blocks per resolution level, VAE and UNet (LDM and SD: 2)
@@ -351,7 +352,7 @@ def sample_ldm(model: Denoiser, vae: AutoencoderKL, scaling_factor: float, label
     net_config = model.net.config
     shape = (net_config.in_channels, net_config.sample_size, net_config.sample_size)
     images = []
-    for start in range(0, len(labels), batch_size):
+    for start in tqdm(range(0, len(labels), batch_size), desc="ldm sample", unit="batch"):
         y = torch.as_tensor(labels[start:start + batch_size], dtype=torch.long, device=device)  # (b,)
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds[start:start + batch_size]]
         scheduler = sampling_scheduler(cfg)  # fresh per batch: multistep schedulers keep state

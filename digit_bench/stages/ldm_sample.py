@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from digit_bench.artifacts import Artifact
+from digit_bench.data import to_grey
 from digit_bench.config import LDMConfig, build
 from digit_bench.stages.common import device, device_info
 from digit_bench.stages.vae import load_vae_artifact
@@ -30,7 +31,9 @@ def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
     conditional = cfg["conditional"]
     labels = np.arange(n) % num_classes if conditional else np.full(n, num_classes)
     seeds = cfg["sample_seed"] + np.arange(n)
-    images = sample_ldm(model, load_vae_artifact(parents["vae"]), lat["scaling_factor"], labels, seeds, lcfg, cfg["batch_size"])
+    images = sample_ldm(model, load_vae_artifact(parents["vae"]), lat["scaling_factor"], labels, seeds, lcfg, cfg["batch_size"])  # (N, H, W, 3)
+    if cfg.get("grey"):
+        images = to_grey(images)
     np.savez(out / "images.npz", images=images, labels=labels)
     save_grid(images[:64], out / "grid.png", labels[:64] if conditional else None)
     return {"shape": list(images.shape), "source": "ldm", "conditional": conditional, **device_info()}

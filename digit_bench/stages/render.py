@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from digit_bench.artifacts import Artifact
+from digit_bench.data import to_grey
 from digit_bench.stages.common import device, device_info
 from digit_bench.stages.stage2 import load_decoder
 from digit_bench.stages.vqgan import load_vqgan
@@ -55,7 +56,9 @@ def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
         labels = np.load(parents["tokens"] / "labels_val.npy")
     kind, decoder = load_decoder(parents["stage2"]) if "stage2" in parents else ("", None)
     images = tokens_to_images(np.asarray(tokens), vqgan, decoder, kind, cfg.get("stage2"), cfg.get("sample_seed", 0),
-                              cfg["batch_size"])
+                              cfg["batch_size"])  # (N, H, W, 3)
+    if cfg.get("grey"):
+        images = to_grey(images)
     np.savez(out / "images.npz", images=images, labels=labels)
     labelled = cfg["source"] != "samples" or parents["samples"].manifest["conditional"]
     save_grid(images[:64], out / "grid.png", labels[:64] if labelled else None)

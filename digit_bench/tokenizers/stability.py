@@ -4,7 +4,7 @@ Add Gaussian noise to the image pixels at a given SNR, re-tokenise, and compare 
 - `token_change_snr{X}`: fraction of token positions whose index changes (lower = more stable);
 - `cos_sim_snr{X}`: mean per-position cosine similarity of the pre-quantisation features (higher = more stable).
 
-The paper gives neither its noise model nor its SNR unit (paper.md §6); this harness uses the assumption written
+The paper gives neither its noise model nor its SNR unit (docs/paper.md §6); this harness uses the assumption written
 there: SNR in dB, σ² = P_signal / 10^(SNR/10) with P_signal the mean of x² per image in [0, 1]. Clean and noisy
 images both go to the tokenizer as float [0, 1], so the noise is never re-quantised to uint8 and SNR = ∞ gives
 exactly zero change. The same tokenizer-agnostic `encode` serves K-Means-on-backbone and VQGAN tokens (the

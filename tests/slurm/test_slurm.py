@@ -215,3 +215,16 @@ def test_preempted_two_task_ddp_training_job_resumes_on_both_ranks(vq_base, tmp_
     assert "Requeued job" in logs[0] and "this job is preempted" in logs[0]
     manifest = check_ddp_result(slurm_root, node, reference, 30, logs)
     assert manifest["start_step"] > 0 and manifest["start_step"] % 5 == 0
+
+
+def test_status_on_a_running_slurm_sweep_shows_running_and_failed_jobs_with_ids_and_logs(tmp_path):
+    """`digit-bench status` polled while the sweep's jobs run on SLURM: the GPT training shows running with its SLURM
+    job id, step progress and log path; the stages that load the (deleted) VQGAN weights end failed, with theirs."""
+    from test_status import check_live_status, vq_root, watch_a_sweep
+
+    root = tmp_path / "root"
+    vq_root(root)
+    seen, table, err = watch_a_sweep(root, tmp_path / "results", "slurm", "--set", "launcher.cpus_per_task=1",
+                                     "--set", "launcher.mem_gb=2")
+    check_live_status(seen, table, err)
+    assert all(s["job_id"].split("_")[0].isdigit() for s in seen)  # SLURM job ids (array jobs: <id>_<task>)
