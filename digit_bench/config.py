@@ -73,8 +73,9 @@ class TokenizerConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = 125_000  # optimizer updates (paper stage 1: 125k at global batch 1024)
-    batch_size: int = 1024  # global batch (sequences or images per update)
-    grad_accum: int = 1  # micro-batches per update (batch_size must divide by it)
+    batch_size: int = 1024  # GLOBAL batch (sequences or images per update), whatever the number of GPUs
+    micro_batch_size: Optional[int] = None  # per rank per forward; None = batch_size / world (no accumulation).
+    # Gradient accumulation = batch_size / (world x micro_batch_size), world = launcher.nodes x tasks_per_node
     lr: float = 3e-4  # peak learning rate (paper stage 1: 3e-4)
     schedule: Literal["inverse_sqrt", "cosine", "constant"] = "inverse_sqrt"  # after linear warmup
     warmup_steps: int = 6250  # linear warmup updates (paper: 6250)
@@ -85,6 +86,16 @@ class TrainConfig:
     ema: float = 0.0  # EMA decay of weights kept beside the model; 0 = none
     checkpoint_every: int = 1000  # updates between resumable checkpoints
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
+
+    def accumulation(self, world: int = 1) -> tuple[int, int]:
+        """(micro-batch per rank, micro-batches per update) that make the global `batch_size` on `world` ranks."""
+        micro = self.micro_batch_size or self.batch_size // world
+        if micro < 1 or micro * world > self.batch_size or self.batch_size % (micro * world):
+            raise UserError(f"batch_size {self.batch_size} is not world {world} x micro_batch_size {micro} x a whole "
+                            f"number of accumulation steps; pick a micro_batch_size dividing {self.batch_size // world}"
+                            if self.batch_size % world == 0 else
+                            f"batch_size {self.batch_size} does not split over {world} ranks; make it a multiple of {world}")
+        return micro, self.batch_size // (micro * world)
 
 
 @dataclass(frozen=True)
@@ -213,7 +224,8 @@ class LauncherConfig:
     cluster: Literal["debug", "local", "slurm"] = "debug"  # submitit executor (debug = in-process)
     partition: Optional[str] = None  # slurm_partition
     gpus_per_node: int = 0
-    tasks_per_node: int = 1  # DDP ranks of a SLURM training job (= gpus_per_node with GPUs); other jobs run 1 task
+    tasks_per_node: int = 1  # DDP ranks per node of a SLURM training job (= gpus_per_node with GPUs); other jobs 1 task
+    nodes: int = 1  # nodes of a SLURM training job (multi-node DDP: world = nodes x tasks_per_node); other jobs 1
     cpus_per_task: int = 2
     mem_gb: int = 8
     timeout_min: int = 60  # wall-clock limit per job, minutes
@@ -374,8 +386,8 @@ def config_hash(d: dict, n: int = 10) -> str:
 # ------------------------------------------------------------------------------------------- impossible values
 _POSITIVE = {"image_size", "batch_size", "steps", "k", "niter", "num_samples", "embed_dim", "depth", "num_heads",
              "patch_size", "ch", "n_embed", "z_channels", "maskgit_steps", "epochs", "num_images", "max_points_per_centroid",
-             "num_train_timesteps", "num_inference_steps", "out_dim", "grad_accum", "checkpoint_every", "num_res_blocks",
-             "cpus_per_task", "mem_gb", "timeout_min", "array_parallelism", "local_workers", "tasks_per_node",
+             "num_train_timesteps", "num_inference_steps", "out_dim", "micro_batch_size", "checkpoint_every", "num_res_blocks",
+             "cpus_per_task", "mem_gb", "timeout_min", "array_parallelism", "local_workers", "tasks_per_node", "nodes",
              "latent_channels", "bootstrap", "kid_subset_size", "prc_neighborhood", "local_crops"}
 _NON_NEGATIVE = {"num_val", "warmup_steps", "gpus_per_node", "max_retries", "max_num_timeout", "top_k", "disc_start",
                  "lr", "weight_decay", "grad_clip", "label_smoothing", "beta", "disc_weight", "perceptual_weight",
@@ -418,8 +430,13 @@ def check_names(cfg: ExperimentConfig) -> None:
     EXTRACTORS.check(cfg.eval.extractor)
     for ex in cfg.eval.extra_extractors:
         EXTRACTORS.check(ex)
-    if cfg.train.batch_size % cfg.train.grad_accum:
-        raise UserError(f"train.batch_size {cfg.train.batch_size} is not divisible by train.grad_accum {cfg.train.grad_accum}")
+    world = training_world(cfg.launcher)
+    for key, tcfg in train_configs(cfg):
+        try:
+            tcfg.accumulation(world)
+        except UserError as e:
+            raise UserError(f"{key}.{e} (world = launcher.nodes {cfg.launcher.nodes} x launcher.tasks_per_node "
+                            f"{cfg.launcher.tasks_per_node})") from None
     if cfg.tokenizer.k > 65535:
         raise UserError(f"tokenizer.k {cfg.tokenizer.k} does not fit the uint16 token files; use k <= 65535")
     gpus, tasks = cfg.launcher.gpus_per_node, cfg.launcher.tasks_per_node
@@ -429,6 +446,23 @@ def check_names(cfg: ExperimentConfig) -> None:
     bad_views = set(cfg.tokenizer.views) - {"identity", "hflip"}
     if bad_views or not cfg.tokenizer.views:
         raise UserError(f"tokenizer.views {list(cfg.tokenizer.views)}: choose a non-empty list of identity, hflip")
+
+
+def training_world(launcher: LauncherConfig) -> int:
+    """DDP ranks of a training job: nodes x tasks per node on SLURM, one process elsewhere."""
+    return launcher.nodes * launcher.tasks_per_node if launcher.cluster == "slurm" else 1
+
+
+def train_configs(cfg: Any, prefix: str = "") -> list[tuple[str, TrainConfig]]:
+    """(dotted key, TrainConfig) of every training block of a config ("train", "stage2.train", ...)."""
+    out = []
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if isinstance(v, TrainConfig):
+            out.append((prefix + f.name, v))
+        elif dataclasses.is_dataclass(v):
+            out += train_configs(v, prefix + f.name + ".")
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ sweep files

@@ -195,8 +195,9 @@ def compute_distributed(store: Store, spec: dict, rank: int) -> Artifact:
 def executor_for(cluster: str, launcher: LauncherConfig, folder: Path, training: bool):
     """A submitit executor for `local` or `slurm` with the launcher block's resources.
 
-    On SLURM a training job gets `tasks_per_node` tasks (DDP ranks) and `gpus_per_node` GPUs, one per task when the
-    two are equal (config.check_names); every other job is one task on at most one GPU. GPUs are asked per node, not
+    On SLURM a training job gets `nodes` nodes of `tasks_per_node` tasks (DDP ranks) and `gpus_per_node` GPUs, one per
+    task when the two are equal (config.check_names); every other job is one task on at most one GPU. Multi-node
+    ranks meet through submitit's environment (the first node of the job list is the master; distributed_setup). GPUs are asked per node, not
     per task: `--gpus-per-task` makes srun bind each task to its own GPU, renumbered cuda:0, and the stages pick
     cuda:LOCAL_RANK (see distributed_setup).
     """
@@ -210,7 +211,8 @@ def executor_for(cluster: str, launcher: LauncherConfig, folder: Path, training:
         extra = {k: v for k, v in (("account", launcher.account), ("qos", launcher.qos)) if v}
         gpus = launcher.gpus_per_node if training else min(1, launcher.gpus_per_node)
         params.update(slurm_partition=launcher.partition, gpus_per_node=gpus or None,
-                      tasks_per_node=launcher.tasks_per_node if training else 1, cpus_per_task=launcher.cpus_per_task,
+                      tasks_per_node=launcher.tasks_per_node if training else 1, nodes=launcher.nodes if training else 1,
+                      cpus_per_task=launcher.cpus_per_task,
                       mem_gb=launcher.mem_gb, slurm_array_parallelism=launcher.array_parallelism,
                       slurm_additional_parameters=extra)
     ex.update_parameters(**params)  # None means unset
@@ -275,7 +277,7 @@ def _run_wave(nodes: list[Node], store: Store, cluster: str, launcher: LauncherC
                 if group:
                     ex = executor_for(cluster, launcher, folder, training)
                     array = ex.map_array(job_fn, [n.spec() for n in group])
-                    if training and launcher.tasks_per_node > 1:
+                    if training and launcher.tasks_per_node * launcher.nodes > 1:
                         # the outcome of a DDP job is task 0's: it publishes the artifact, the other tasks only join
                         # its collectives (and leave an error result when task 0 requeues the job on preemption)
                         array = [job.task(0) for job in array]

@@ -102,7 +102,8 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, cfg: TrainConfig, w
         rng = np.random.default_rng([seed, step])
         idx = torch.from_numpy(rng.integers(0, len(data), cfg.batch_size))[rank::world_size]  # (B / world,)
         x = augment(data[idx], rng)  # (B / world, 3, H, W) uint8
-        return list(zip(x.chunk(cfg.grad_accum), targets[idx].chunk(cfg.grad_accum)))
+        accum = cfg.accumulation(world_size)[1]
+        return list(zip(x.chunk(accum), targets[idx].chunk(accum)))
 
     def loss_fn(m: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[dict, dict]:
         x, y = batch  # (B, 3, H, W) uint8, (B,)
