@@ -154,6 +154,10 @@ class EvalConfig:
     extra_extractors: tuple[str, ...] = ()  # more extractors, each its own columns (fd_dinov2, ...)
     reference: str = "dataset:imagenet:val"  # dataset:<name>:<split> or npz:<file> (ADM-style mu/sigma)
     num_reference: Optional[int] = None  # real images in the reference set (None = the whole split)
+    reference_resize: Literal["bicubic", "bilinear"] = "bicubic"  # short-side resize of folder reference images
+    # (paper: torchvision Resize(256) default, bilinear, + CenterCrop 256)
+    ceiling_split: Literal["val", "test"] = "val"  # images the "VQ only" / "DiGIT + VQ" ceilings re-render
+    # (val = carved from train; test = the dataset's test part, ImageNet val for the paper's "validation data" rows)
     weights: Optional[str] = None  # explicit extractor weight file (inception/dinov2)
     bootstrap: int = 200  # bootstrap resamples of the generated set for the FD confidence interval
     kid_subset_size: int = 1000  # torch-fidelity KID subset size (clipped to the sample count)
@@ -467,8 +471,14 @@ def train_configs(cfg: Any, prefix: str = "") -> list[tuple[str, TrainConfig]]:
 
 # ------------------------------------------------------------------------------------------------ sweep files
 SWEEP_KEYS = ("include", "name", "defaults", "grid", "seeds", "profiles")
-PROFILES = ("smoke", "tiny", "paper")
+PROFILES = ("smoke", "tiny", "paper", "paper_long")
+PROFILE_BASES = {"paper_long": "paper"}  # a profile applied first, its overrides (and grid, seeds) then replaced
 DEFAULT_PROFILE = "tiny"
+
+
+def profile_chain(profile: str) -> list[str]:
+    """The profile and the ones it extends, base first: paper_long -> [paper, paper_long]."""
+    return ([*profile_chain(PROFILE_BASES[profile])] if profile in PROFILE_BASES else []) + [profile]
 
 
 @dataclass(frozen=True)
@@ -555,7 +565,7 @@ def load_sweep(path: str | Path, profile: str | None = None, sets: list[str] = (
 
     Args:
         path: sweep file; may `include:` one base file (relative to itself), which may not include another.
-        profile: smoke | tiny | paper (default tiny).
+        profile: smoke | tiny | paper | paper_long (default tiny); paper_long is paper with its own overrides.
         sets: `key=value` strings (values parsed as YAML), applied last; a --set of a grid key narrows the grid.
     """
     path = Path(path)
@@ -587,11 +597,12 @@ def load_sweep(path: str | Path, profile: str | None = None, sets: list[str] = (
             if p not in PROFILES:
                 raise UserError(f"{src.where('profiles', p)}: unknown profile {p!r}{did_you_mean(str(p), list(PROFILES))}; "
                                 f"choose one of: {', '.join(PROFILES)}")
-        overrides += src.overrides("profiles", profile)
-        prof = profiles.get(profile) or {}
-        if "grid" in prof:
-            grid, grid_where = prof["grid"], src.where("profiles", profile, "grid")
-        seeds = prof.get("seeds", seeds)
+        for name in profile_chain(profile):
+            overrides += src.overrides("profiles", name)
+            prof = profiles.get(name) or {}
+            if "grid" in prof:
+                grid, grid_where = prof["grid"], src.where("profiles", name, "grid")
+            seeds = prof.get("seeds", seeds)
     cli = [_parse_set(s) for s in sets]
     points = _expand(grid, seeds, grid_where, {o.key: o.value for o in cli})
     name = str(top.data.get("name", path.stem))

@@ -34,8 +34,9 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG", ".JPG", ".PNG")
 class Images:
     """uint8 (N, H, W, 3) images, indexable by int arrays or slices; in memory or read from files on demand."""
 
-    def __init__(self, array: np.ndarray | None = None, files: Sequence[Path] = (), size: int = 0):
-        self.array, self.files, self.size = array, list(files), size
+    def __init__(self, array: np.ndarray | None = None, files: Sequence[Path] = (), size: int = 0,
+                 resize: str = "bicubic"):
+        self.array, self.files, self.size, self.resize = array, list(files), size, resize
 
     def __len__(self) -> int:
         return len(self.array) if self.array is not None else len(self.files)
@@ -44,12 +45,12 @@ class Images:
         if self.array is not None:
             return self.array[index]
         idx = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index)
-        return np.stack([load_image(self.files[i], self.size) for i in idx])  # (B, S, S, 3)
+        return np.stack([load_image(self.files[i], self.size, self.resize) for i in idx])  # (B, S, S, 3)
 
     def subset(self, idx: np.ndarray) -> "Images":
         if self.array is not None:
             return Images(self.array[idx])
-        return Images(files=[self.files[i] for i in idx], size=self.size)
+        return Images(files=[self.files[i] for i in idx], size=self.size, resize=self.resize)
 
     def all(self) -> np.ndarray:
         return self[np.arange(len(self))]
@@ -80,9 +81,11 @@ class RawDataset:
     test: ImageSet
 
 
-def load_split(cfg: DataConfig, split: str) -> ImageSet:
-    """The `split` (train | val | test) of the configured dataset: seeded, deterministic, val carved from train."""
-    raw: RawDataset = DATASETS.get(cfg.name)(root=cfg.root, image_size=cfg.image_size)
+def load_split(cfg: DataConfig, split: str, resize: str = "bicubic") -> ImageSet:
+    """The `split` (train | val | test) of the configured dataset: seeded, deterministic, val carved from train.
+
+    `resize`: filter of the short-side resize of folder datasets (bicubic; the paper's FID reference: bilinear)."""
+    raw: RawDataset = DATASETS.get(cfg.name)(root=cfg.root, image_size=cfg.image_size, resize=resize)
     if split == "test":
         part, n = raw.test, cfg.num_test
         perm = np.random.default_rng([cfg.split_seed, 1]).permutation(len(part))
@@ -115,14 +118,15 @@ def to_rgb_size(grey_or_rgb: np.ndarray, size: int) -> np.ndarray:
     return t.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()  # (N, size, size, 3)
 
 
-def load_image(path: Path, size: int) -> np.ndarray:
-    """Resize the short side to `size` (bicubic) and centre-crop to size x size; uint8 (size, size, 3)."""
+def load_image(path: Path, size: int, resize: str = "bicubic") -> np.ndarray:
+    """Resize the short side to `size` (bicubic or bilinear) and centre-crop to size x size; uint8 (size, size, 3)."""
     from PIL import Image
 
     with Image.open(path) as im:
         im = im.convert("RGB")
         scale = size / min(im.size)
-        im = im.resize((max(size, round(im.size[0] * scale)), max(size, round(im.size[1] * scale))), Image.BICUBIC)
+        im = im.resize((max(size, round(im.size[0] * scale)), max(size, round(im.size[1] * scale))),
+                       {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}[resize])
         left, top = (im.size[0] - size) // 2, (im.size[1] - size) // 2
         return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
@@ -169,7 +173,7 @@ def fashion_mnist_dir(root: str | None) -> Path:
               "or put the four *-ubyte(.gz) files in a folder and set DIGIT_BENCH_DATA=<folder>") from None
 
 
-def fashion_mnist(root: str | None, image_size: int) -> RawDataset:
+def fashion_mnist(root: str | None, image_size: int, resize: str = "bicubic") -> RawDataset:
     """Fashion-MNIST: 60,000 train + 10,000 test 28x28 grey images in 10 classes (Zalando, MIT)."""
     folder = fashion_mnist_dir(root)
     parts = {}
@@ -180,7 +184,7 @@ def fashion_mnist(root: str | None, image_size: int) -> RawDataset:
     return RawDataset(parts["train"], parts["test"])
 
 
-def digits(root: str | None, image_size: int) -> RawDataset:
+def digits(root: str | None, image_size: int, resize: str = "bicubic") -> RawDataset:
     """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes); a seeded 20% is the test part."""
     from sklearn.datasets import load_digits
 
@@ -195,7 +199,8 @@ def digits(root: str | None, image_size: int) -> RawDataset:
     return RawDataset(ImageSet(Images(x[tr]), y[tr], classes), ImageSet(Images(x[te]), y[te], classes))
 
 
-def synthetic(root: str | None, image_size: int, n_train: int = 2000, n_test: int = 500, num_classes: int = 10) -> RawDataset:
+def synthetic(root: str | None, image_size: int, n_train: int = 2000, n_test: int = 500, num_classes: int = 10,
+              resize: str = "bicubic") -> RawDataset:
     """Seeded class-coloured squares at class-dependent places plus noise: for unit tests only."""
     def make(n: int, seed: int) -> ImageSet:
         rng = np.random.default_rng(seed)
@@ -211,7 +216,7 @@ def synthetic(root: str | None, image_size: int, n_train: int = 2000, n_test: in
     return RawDataset(make(n_train, 0), make(n_test, 1))
 
 
-def _scan_folder(root: Path, size: int) -> ImageSet:
+def _scan_folder(root: Path, size: int, resize: str = "bicubic") -> ImageSet:
     """An ImageFolder (one sub-folder per class); unreadable files are skipped with a warning."""
     from PIL import Image
 
@@ -236,23 +241,23 @@ def _scan_folder(root: Path, size: int) -> ImageSet:
             labels.append(c)
     if not files:
         raise UserError(f"no readable images under {root} (extensions {', '.join(IMAGE_EXTS[:5])})")
-    return ImageSet(Images(files=files, size=size), np.asarray(labels, dtype=np.int64), classes, skipped)
+    return ImageSet(Images(files=files, size=size, resize=resize), np.asarray(labels, dtype=np.int64), classes, skipped)
 
 
-def imagenet(root: str | None, image_size: int) -> RawDataset:
+def imagenet(root: str | None, image_size: int, resize: str = "bicubic") -> RawDataset:
     """ImageNet-1k as ImageFolders root/train and root/val; `val` is our test part (the paper's FID reference)."""
     base = Path(root or os.environ.get("DIGIT_BENCH_DATA", "") or "imagenet")
     if not (base / "train").is_dir() or not (base / "val").is_dir():
         raise UserError(f"ImageNet not found at {base}: set data.root (or DIGIT_BENCH_DATA) to a folder with train/ and val/ "
                         "ImageFolders (one sub-folder per class)")
-    return RawDataset(_scan_folder(base / "train", image_size), _scan_folder(base / "val", image_size))
+    return RawDataset(_scan_folder(base / "train", image_size, resize), _scan_folder(base / "val", image_size, resize))
 
 
-def folder(root: str | None, image_size: int, test_fraction: float = 0.1) -> RawDataset:
+def folder(root: str | None, image_size: int, test_fraction: float = 0.1, resize: str = "bicubic") -> RawDataset:
     """Any ImageFolder; a seeded `test_fraction` of it is the test part."""
     if not root:
         raise UserError("the folder dataset needs data.root=<ImageFolder root>")
-    full = _scan_folder(Path(root), image_size)
+    full = _scan_folder(Path(root), image_size, resize)
     perm = np.random.default_rng(0).permutation(len(full))
     n_test = max(1, int(len(full) * test_fraction))
     te, tr = np.sort(perm[:n_test]), np.sort(perm[n_test:])

@@ -115,7 +115,8 @@ def reference_node(cfg: ExperimentConfig, extractor: str) -> Node:
     parents = {"classifier": classifier_node(cfg)} if extractor == "local" else {}
     return Node("reference", f"{extractor}-{cfg.eval.reference.replace(':', '_')}",
                 {"data": _data(cfg), "reference": cfg.eval.reference, "extractor": extractor,
-                 "num_reference": cfg.eval.num_reference, "weights": cfg.eval.weights}, parents)
+                 "num_reference": cfg.eval.num_reference, "weights": cfg.eval.weights,
+                 "resize": cfg.eval.reference_resize}, parents)
 
 
 def evaluate_node(cfg: ExperimentConfig, images: Node, label: str, seed: int, tokenizer_backbone: str) -> Node:
@@ -200,7 +201,8 @@ def run_dag(cfg: ExperimentConfig) -> dict[str, Node]:
         render = {"stage2": to_dict(cfg.stage2), "sample_seed": cfg.sample.seed, "batch_size": cfg.sample.batch_size}
         nodes["images"] = Node("render", f"digit-{label}-s{cfg.seed}", {**render, "source": "samples"},
                                {"samples": nodes["samples"], "stage2": nodes["stage2"], "vqgan": nodes["vqgan"]})
-        nodes["ceiling_images"] = Node("render", f"digit_vq_ceiling-{label}", {**render, "source": "ground_truth"},
+        nodes["ceiling_images"] = Node("render", f"digit_vq_ceiling-{label}",
+                                       {**render, "source": "ground_truth", "split": cfg.eval.ceiling_split},
                                        {"tokens": nodes["tokens"], "stage2": nodes["stage2"], "vqgan": nodes["vqgan"]})
         nodes["ceiling_metrics"] = evaluate_node(cfg, nodes["ceiling_images"], f"digit_vq_ceiling-{label}", FIXED_SEED,
                                                  cfg.backbone.name)
@@ -214,7 +216,8 @@ def run_dag(cfg: ExperimentConfig) -> dict[str, Node]:
         nodes["images"] = Node("render", f"vqgan_ar-s{cfg.seed}",
                                {"source": "samples", "batch_size": cfg.sample.batch_size},
                                {"samples": nodes["samples"], "vqgan": nodes["vqgan"]})
-        nodes["ceiling_images"] = Node("render", "vq_recon", {"source": "reconstruction", "batch_size": cfg.sample.batch_size},
+        nodes["ceiling_images"] = Node("render", "vq_recon", {"source": "reconstruction", "batch_size": cfg.sample.batch_size,
+                                                              "split": cfg.eval.ceiling_split},
                                        {"vqgan": nodes["vqgan"], "tokens": nodes["vq_tokens"]})
         nodes["ceiling_metrics"] = evaluate_node(cfg, nodes["ceiling_images"], "vq_only", FIXED_SEED, "vqgan")
     else:  # ldm

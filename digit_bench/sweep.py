@@ -392,7 +392,7 @@ def _setup_logging(debug: bool = False) -> None:
 
 def add_sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("yaml", help="sweep file, e.g. ablations/backbones.yaml")
-    p.add_argument("--profile", default=None, help="smoke | tiny (default) | paper")
+    p.add_argument("--profile", default=None, help="smoke | tiny (default) | paper | paper_long")
     p.add_argument("--root", default=None, help="artifact root (default $DIGIT_BENCH_ROOT or ./runs)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="dotted override, repeatable")
 

@@ -48,7 +48,7 @@ def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
         return {"kind": "npz", "file": name, "sha256": file_sha256(Path(name))}
     extractor = extractor_for(cfg["extractor"], cfg["weights"], parents)
     data = dataclasses.replace(build(DataConfig, cfg["data"]), name=name, num_test=cfg["num_reference"])
-    part = load_split(data, split)
+    part = load_split(data, split, resize=cfg["resize"])
     n = len(part) if cfg["num_reference"] is None else min(cfg["num_reference"], len(part))
     ref = reference_features(part.images[:n], extractor)
     save_reference(ref, out / "reference.pt")
