@@ -50,9 +50,12 @@ def cmd_validate(args: argparse.Namespace) -> dict:
     from digit_bench.config import load_sweep
     from digit_bench.sweep import describe, make_plan
 
+    from digit_bench.preflight import check_files
+
     sweep = load_sweep(args.yaml, args.profile, args.sets)
     plan = make_plan(sweep)
     print(describe(plan, Store(args.root or default_root())), file=sys.stderr)
+    check_files(sweep)
     return {"valid": True, "sweep": sweep.name, "profile": sweep.profile, "runs": len(sweep.runs),
             "run_ids": [r.run_id for r in sweep.runs], "artifacts": sum(len(w) for w in plan.waves)}
 

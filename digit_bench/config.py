@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -247,6 +248,9 @@ class ExperimentConfig:
     profile: str = "tiny"
     seed: int = 0  # run seed: GPT init, data order, sampling (K-Means has its own tokenizer.seed)
     generator: Literal["digit", "vqgan_ar", "ldm"] = "digit"
+    # backbone name -> weight file, for every grid point at once (a mapping in YAML); used where backbone.weights
+    # is unset. Relative files resolve in $DIGIT_BENCH_WEIGHTS, else beside the YAML file that names them.
+    weights: tuple[tuple[str, str], ...] = ()
     data: DataConfig = DataConfig()
     backbone: BackboneConfig = BackboneConfig()
     features: FeaturesConfig = FeaturesConfig()
@@ -308,6 +312,8 @@ def coerce(tp: Any, value: Any, key: str, where: str) -> Any:
             raise UserError(f"{where}: {key}: {value!r} is not allowed{did_you_mean(str(value), [str(a) for a in typing.get_args(tp)])}; "
                             f"choose one of: {', '.join(str(a) for a in typing.get_args(tp))}")
         return value
+    if origin is tuple and isinstance(value, dict):  # a mapping field (`weights:`), kept as sorted (key, value) pairs
+        value = sorted((str(k), v) for k, v in value.items())
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise bad
@@ -612,6 +618,7 @@ def load_sweep(path: str | Path, profile: str | None = None, sets: list[str] = (
         ovs = [Override(k, v, f"{grid_where} (grid)") for k, v in point.items() if k != "seed"]
         cfg = apply_overrides(base_cfg, ovs + [Override("seed", point["seed"], f"{grid_where} (seeds)")])
         cfg = apply_overrides(cfg, [o for o in cli if o.key not in point])
+        cfg = resolve_files(cfg, {o.key: o.where for o in overrides + ovs + [o for o in cli if o.key not in point]})
         problems = check_values(cfg)
         if problems:
             key, msg = problems[0]
@@ -621,6 +628,38 @@ def load_sweep(path: str | Path, profile: str | None = None, sets: list[str] = (
         runs.append(Run(run_id=run_id(cfg, point), cfg=cfg, point=point))
     keys = tuple(dict.fromkeys(k for p in points for k in p))
     return Sweep(name=name, profile=profile, path=str(path), runs=tuple(runs), swept_keys=keys)
+
+
+FILE_KEYS = ("backbone.weights", "vqgan.weights", "ldm.vae_weights", "eval.weights")
+
+
+def resolve_file(name: str, where: str) -> str:
+    """Absolute path of a weight file named in a sweep file: as given when absolute, else the first existing of
+    $DIGIT_BENCH_WEIGHTS/name and <folder of the YAML that names it>/name (the current folder for --set), else the
+    last of these (validate then reports it missing). Never the folder a job later runs in."""
+    path = Path(name).expanduser()
+    if path.is_absolute():
+        return str(path)
+    source = where.split(":")[0]
+    base = Path.cwd() if source.startswith("--set") or not Path(source).suffix else Path(source).resolve().parent
+    candidates = ([Path(os.environ["DIGIT_BENCH_WEIGHTS"]).expanduser() / path] if os.environ.get("DIGIT_BENCH_WEIGHTS")
+                  else []) + [base / path]
+    return str(next((c for c in candidates if c.exists()), candidates[-1]).resolve())
+
+
+def resolve_files(cfg: ExperimentConfig, where: dict[str, str]) -> ExperimentConfig:
+    """Weight paths made absolute (resolve_file), and backbone.weights taken from the `weights:` map when unset."""
+    for key in FILE_KEYS:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value:
+            cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section),
+                                                                           **{name: resolve_file(value, where.get(key, ""))})})
+    mapped = dict(cfg.weights)
+    if cfg.backbone.weights is None and cfg.backbone.name in mapped:
+        cfg = dataclasses.replace(cfg, backbone=dataclasses.replace(
+            cfg.backbone, weights=resolve_file(mapped[cfg.backbone.name], where.get("weights", ""))))
+    return cfg
 
 
 def _parse_set(s: str) -> Override:

@@ -405,6 +405,9 @@ def run_sweep(args: argparse.Namespace) -> dict:
         print(describe(plan, store), file=sys.stderr)
         return {"sweep": sweep.name, "profile": sweep.profile, "runs": len(sweep.runs),
                 "artifacts": sum(len(w) for w in plan.waves), "run_ids": [r.run_id for r in sweep.runs]}
+    from digit_bench.preflight import check_files
+
+    check_files(sweep)  # every weight file and data folder, before any job starts
     launcher = sweep.runs[0].cfg.launcher
     cluster = args.cluster or launcher.cluster
     t0 = time.time()

@@ -7,6 +7,7 @@ paper profile must equal it field by field; a change to either is a deliberate c
 """
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,6 +30,10 @@ PAPER = {
     "backbone.name": "dinov2_vitb14_reg4",
     "backbone.layer": -3,
     "backbone.img_size": 224,
+    "backbone.weights": "dinov2_vitb14_reg4_pretrain.pth",  # Meta's release file (README), from the `weights:` map
+    "weights": [["dinov2_vitb14_reg4", "dinov2_vitb14_reg4_pretrain.pth"], ["dinov2_vitl14_reg4", "dinov2_vitl14_reg4_pretrain.pth"],
+                ["ibot_vitb16", "checkpoint_teacher.pth"], ["mae_vitb16", "mae_pretrain_vit_base.pth"],
+                ["mocov3_vitb16", "vit-b-300ep.pth.tar"]],
     "features.split": "train",
     "features.fraction": 0.1,
     "tokenizer.kind": "kmeans",
@@ -62,7 +67,7 @@ PAPER = {
     "sample.temperature": 1.0,
     "sample.cfg_scale": 1.0,
     # VQGAN (§3.1): MAGE vqgan_jax_strongaug, 1024 x 256-d codes, f16
-    "vqgan.weights": "vqgan_jax_strongaug.ckpt",
+    "vqgan.weights": "vqgan_jax_strongaug.ckpt",  # file names: paths resolve in $DIGIT_BENCH_WEIGHTS or beside the YAML
     "vqgan.arch": "maskgit",
     "vqgan.ch": 128,
     "vqgan.ch_mult": [1, 1, 2, 2, 4],
@@ -95,9 +100,10 @@ PAPER = {
 PAPER_LONG = {**PAPER, "train.steps": 500_000}
 # DiGIT-large (Table 2: 732M, 1536 features; README: ViT-L/14 reg4 layer 3 tokens, km_16k, top-k 400)
 DIGIT_L = {**PAPER, "gpt.size": "digit-l", "backbone.name": "dinov2_vitl14_reg4", "tokenizer.k": 16384,
-           "sample.top_k": 400}
+           "sample.top_k": 400, "backbone.weights": "dinov2_vitl14_reg4_pretrain.pth"}
 # the paper's VQ-token GPT (§3.4, config/stage2/vq_base.yaml): pre-LN, lr 5e-4, untruncated sampling, 200 epochs
 VQ_GPT = {**PAPER, "generator": "vqgan_ar", "gpt.post_ln": False, "train.lr": 5e-4, "sample.top_k": 0}
+FILE_KEYS = {"vqgan.weights", "backbone.weights"}
 
 
 def resolved(path: str, profile: str = "paper", **point) -> dict:
@@ -107,7 +113,7 @@ def resolved(path: str, profile: str = "paper", **point) -> dict:
 
 
 def assert_matches(got: dict, table: dict) -> None:
-    wrong = {k: (got[k], v) for k, v in table.items() if got[k] != v}
+    wrong = {k: (got[k], v) for k, v in table.items() if (Path(got[k]).name if k in FILE_KEYS else got[k]) != v}
     assert not wrong, f"paper profile != paper table (got, want): {wrong}"
 
 
