@@ -13,7 +13,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -53,7 +53,50 @@ class Images:
         return Images(files=[self.files[i] for i in idx], size=self.size, resize=self.resize)
 
     def all(self) -> np.ndarray:
+        """Every image in memory: only for in-memory datasets and small folders (streaming stages use iter_batches)."""
         return self[np.arange(len(self))]
+
+
+class _Decode:
+    """A map-style dataset over the files of an `Images`: DataLoader workers decode and resize them."""
+
+    def __init__(self, images: Images, index: np.ndarray):
+        self.images, self.index = images, index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return load_image(self.images.files[self.index[i]], self.images.size, self.images.resize)  # (S, S, 3)
+
+
+def data_workers() -> int:
+    """Decode processes per DataLoader: $DIGIT_BENCH_DATA_WORKERS, else up to 8 of this job's CPUs (0 on one CPU)."""
+    if os.environ.get("DIGIT_BENCH_DATA_WORKERS"):
+        return int(os.environ["DIGIT_BENCH_DATA_WORKERS"])
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(8, cpus) if cpus > 1 else 0
+
+
+def iter_batches(images: Images | np.ndarray, batch_size: int, index: np.ndarray | None = None,
+                 workers: int | None = None) -> Iterator[np.ndarray]:
+    """uint8 (B, S, S, 3) batches of images[index] (default: all), in order, with memory independent of N.
+
+    In-memory images are sliced; folder images are decoded by a torch DataLoader's worker processes, a few
+    batches ahead (prefetch), so no split is ever held whole in memory.
+    """
+    n = len(images) if index is None else len(index)
+    index = np.arange(len(images)) if index is None else np.asarray(index)
+    if not isinstance(images, Images) or images.array is not None:
+        for start in range(0, n, batch_size):
+            yield np.asarray(images[index[start:start + batch_size]])  # (B, S, S, 3)
+        return
+    from torch.utils.data import DataLoader
+
+    workers = data_workers() if workers is None else workers
+    loader = DataLoader(_Decode(images, index), batch_size=batch_size, num_workers=workers, collate_fn=np.stack,
+                        prefetch_factor=2 if workers else None, persistent_workers=False)
+    yield from loader
 
 
 @dataclass
@@ -216,32 +259,70 @@ def synthetic(root: str | None, image_size: int, n_train: int = 2000, n_test: in
     return RawDataset(make(n_train, 0), make(n_test, 1))
 
 
-def _scan_folder(root: Path, size: int, resize: str = "bicubic") -> ImageSet:
-    """An ImageFolder (one sub-folder per class); unreadable files are skipped with a warning."""
+def index_cache_dir() -> Path:
+    """Where folder indexes are cached: $DIGIT_BENCH_ROOT/dataset_index, else ~/.cache/digit_bench/dataset_index."""
+    if os.environ.get("DIGIT_BENCH_ROOT"):
+        return Path(os.environ["DIGIT_BENCH_ROOT"]) / "dataset_index"
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "digit_bench" / "dataset_index"
+
+
+def folder_index(root: Path) -> dict:
+    """The index of an ImageFolder: class names, files (relative), labels, (width, height), unreadable files.
+
+    Built once (every file opened and verified with PIL) and cached as `<index_cache_dir>/<hash>.npz`, keyed by the
+    absolute root and the modification times of its class folders (adding or removing a file re-indexes): a
+    1.3M-image ImageNet is scanned once, not by every stage and split.
+    """
+    import hashlib
+
     from PIL import Image
 
     if not root.is_dir():
         raise UserError(f"image folder not found: {root}; point data.root at a folder with one sub-folder per class")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if not classes:
+    class_dirs = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.name)
+    if not class_dirs:
         raise UserError(f"{root} has no class sub-folders; an ImageFolder root holds one folder per class")
-    files, labels, skipped = [], [], []
-    for c, name in enumerate(classes):
-        for p in sorted((root / name).iterdir()):
+    key = hashlib.sha256(repr([str(root.resolve())] + [(p.name, p.stat().st_mtime_ns) for p in class_dirs]).encode())
+    cache = index_cache_dir() / f"{root.name}-{key.hexdigest()[:16]}.npz"
+    if cache.is_file():
+        with np.load(cache) as z:
+            index = {k: z[k] for k in z.files}
+        if len(index["skipped"]):
+            log.warning("%d unreadable images under %s are skipped (cached index %s)", len(index["skipped"]), root, cache)
+        return index
+    files, labels, sizes, skipped = [], [], [], []
+    for c, d in enumerate(class_dirs):
+        for p in sorted(d.iterdir()):
             if p.suffix not in IMAGE_EXTS:
                 continue
             try:
                 with Image.open(p) as im:
+                    sizes.append(im.size)
                     im.verify()
             except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
                 log.warning("skipping unreadable image %s (%s)", p, type(e).__name__)
                 skipped.append(str(p))
+                sizes = sizes[:len(files)]
                 continue
-            files.append(p)
+            files.append(f"{d.name}/{p.name}")
             labels.append(c)
-    if not files:
+    index = {"classes": np.array([d.name for d in class_dirs]), "files": np.array(files), "skipped": np.array(skipped, dtype=str),
+             "labels": np.asarray(labels, np.int64), "sizes": np.asarray(sizes, np.int32).reshape(-1, 2)}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f"{cache.stem}.tmp-{os.getpid()}.npz")
+    np.savez(tmp, **index)
+    os.replace(tmp, cache)
+    return index
+
+
+def _scan_folder(root: Path, size: int, resize: str = "bicubic") -> ImageSet:
+    """An ImageFolder (one sub-folder per class) from its cached index; unreadable files are skipped with a warning."""
+    index = folder_index(root)
+    if not len(index["files"]):
         raise UserError(f"no readable images under {root} (extensions {', '.join(IMAGE_EXTS[:5])})")
-    return ImageSet(Images(files=files, size=size, resize=resize), np.asarray(labels, dtype=np.int64), classes, skipped)
+    files = [root / f for f in index["files"].tolist()]
+    return ImageSet(Images(files=files, size=size, resize=resize), index["labels"], index["classes"].tolist(),
+                    index["skipped"].tolist())
 
 
 def imagenet(root: str | None, image_size: int, resize: str = "bicubic") -> RawDataset:

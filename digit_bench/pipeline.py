@@ -125,7 +125,9 @@ def evaluate_node(cfg: ExperimentConfig, images: Node, label: str, seed: int, to
     `seed` seeds the bootstrap; `tokenizer_backbone` is what the circularity guard compares extractors with.
     """
     extractors = (cfg.eval.extractor, *cfg.eval.extra_extractors)
-    parents = {"images": images, "classifier": classifier_node(cfg)}
+    parents = {"images": images}
+    if "local" in extractors or cfg.gpt.class_conditional:  # the local judge: its FD features, or class_acc
+        parents["classifier"] = classifier_node(cfg)
     parents.update({f"reference_{e}": reference_node(cfg, e) for e in extractors})
     return Node("evaluate", f"{label}-{cfg.eval.extractor}",
                 {"eval": {k: v for k, v in to_dict(cfg.eval).items() if k != "local_train"},
