@@ -41,9 +41,19 @@ class Images:
     def __len__(self) -> int:
         return len(self.array) if self.array is not None else len(self.files)
 
-    def __getitem__(self, index: slice | np.ndarray | Sequence[int]) -> np.ndarray:
+    # array-like enough for a torch Dataset over it (eval.fidelity.UInt8Images): files are decoded one at a time
+    dtype = np.dtype(np.uint8)
+    ndim = 4
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.array.shape if self.array is not None else (len(self.files), self.size, self.size, 3)
+
+    def __getitem__(self, index: int | slice | np.ndarray | Sequence[int]) -> np.ndarray:
         if self.array is not None:
             return self.array[index]
+        if isinstance(index, (int, np.integer)):
+            return load_image(self.files[index], self.size, self.resize)  # (S, S, 3)
         idx = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index)
         return np.stack([load_image(self.files[i], self.size, self.resize) for i in idx])  # (B, S, S, 3)
 
@@ -171,7 +181,7 @@ def load_image(path: Path, size: int, resize: str = "bicubic") -> np.ndarray:
         im = im.resize((max(size, round(im.size[0] * scale)), max(size, round(im.size[1] * scale))),
                        {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}[resize])
         left, top = (im.size[0] - size) // 2, (im.size[1] - size) // 2
-        return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+        return np.array(im.crop((left, top, left + size, top + size)), dtype=np.uint8)  # writable (torch.from_numpy)
 
 
 # ------------------------------------------------------------------------------------------------ datasets

@@ -58,3 +58,26 @@ def test_folder_without_readable_images_is_a_user_error(tmp_path):
     (tmp_path / "a" / "x.jpg").write_bytes(b"garbage")
     with pytest.raises(UserError, match="no readable images"):
         folder(str(tmp_path), 16)
+
+
+def test_folder_images_stream_and_index_once(tmp_path, monkeypatch):
+    """A folder split is indexed once (cached), decoded per item or per DataLoader batch, never held whole."""
+    from digit_bench import data
+    from digit_bench.eval.fidelity import UInt8Images
+
+    monkeypatch.setenv("DIGIT_BENCH_ROOT", str(tmp_path / "runs"))
+    for c in ("a", "b"):
+        (tmp_path / "img" / c).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(np.full((20, 24, 3), 20 * i + (c == "b"), np.uint8)).save(tmp_path / "img" / c / f"{i}.png")
+    raw = folder(str(tmp_path / "img"), 16, test_fraction=0.2)
+    assert len(list((tmp_path / "runs" / "dataset_index").glob("img-*.npz"))) == 1
+    monkeypatch.setattr(Image, "open", None)  # a second scan would fail
+    again = folder(str(tmp_path / "img"), 16, test_fraction=0.2)
+    monkeypatch.undo()
+    assert np.array_equal(again.train.labels, raw.train.labels)
+    imgs = raw.train.images
+    whole = imgs[np.arange(len(imgs))]  # (8, 16, 16, 3)
+    assert imgs.shape == whole.shape and np.array_equal(imgs[3], whole[3])
+    assert np.array_equal(np.concatenate(list(data.iter_batches(imgs, 3, workers=2))), whole)
+    assert np.array_equal(UInt8Images(imgs)[5].permute(1, 2, 0).numpy(), whole[5])
