@@ -68,7 +68,9 @@ class TokenizerConfig:
     seed: int = 1234  # K-Means seed (paper: faiss default 1234)
     max_points_per_centroid: int = 256  # faiss subsampling cap: at most k * this points are used (paper: 256)
     init: Literal["random", "kmeans++"] = "random"  # centroid init (paper: faiss's random points)
-    views: tuple[str, ...] = ("identity", "hflip")  # token views per image; training picks one at random
+    views: tuple[str, ...] = ("identity", "hflip")  # token views per image; training picks one at random.
+    # identity/hflip: the centre crop and its mirror; crop<i>: the i-th seeded RandomCrop + flip of the resized image
+    # (the paper's online augmentation, pre-tokenized as N views). The first view must be identity (probe, ceilings)
 
 
 @dataclass(frozen=True)
@@ -453,9 +455,11 @@ def check_names(cfg: ExperimentConfig) -> None:
     if gpus and tasks != gpus:
         raise UserError(f"launcher.tasks_per_node {tasks} != launcher.gpus_per_node {gpus}: a DDP training job runs "
                         "one task per GPU; set them equal")
-    bad_views = set(cfg.tokenizer.views) - {"identity", "hflip"}
-    if bad_views or not cfg.tokenizer.views:
-        raise UserError(f"tokenizer.views {list(cfg.tokenizer.views)}: choose a non-empty list of identity, hflip")
+    views = list(cfg.tokenizer.views)
+    bad = [v for v in views if v not in ("identity", "hflip") and not (v.startswith("crop") and v[4:].isdigit())]
+    if bad or not views or views[0] != "identity" or len(set(views)) != len(views):
+        raise UserError(f"tokenizer.views {views}: list distinct views starting with identity, from identity, hflip "
+                        "and crop<i> (seeded random crop + flip), e.g. [identity, hflip, crop0, crop1]")
 
 
 def training_world(launcher: LauncherConfig) -> int:

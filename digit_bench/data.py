@@ -67,17 +67,39 @@ class Images:
         return self[np.arange(len(self))]
 
 
-class _Decode:
-    """A map-style dataset over the files of an `Images`: DataLoader workers decode and resize them."""
+def check_view(view: str) -> None:
+    if view not in ("identity", "hflip") and not (view.startswith("crop") and view[4:].isdigit()):
+        raise UserError(f"unknown view {view!r}: use identity, hflip or crop<i> (the i-th seeded random crop + flip)")
 
-    def __init__(self, images: Images, index: np.ndarray):
-        self.images, self.index = images, index
+
+def crop_seed(view: str, position: int) -> list[int] | None:
+    """Seed of view `crop<i>` of the image at `position` of its split (None for the centre-crop views)."""
+    return [int(view[4:]), int(position)] if view.startswith("crop") else None
+
+
+def apply_view(batch: np.ndarray, positions: np.ndarray, view: str) -> np.ndarray:
+    """A view of in-memory uint8 images (B, S, S, 3): identity, mirrored, or crop<i> (at most a seeded flip: an
+    image already at its final size has no other crop)."""
+    if view == "identity":
+        return batch
+    flip = np.ones(len(batch), bool) if view == "hflip" else np.array(
+        [np.random.default_rng(crop_seed(view, p)).random() < 0.5 for p in positions], bool)  # (B,)
+    return np.ascontiguousarray(np.where(flip[:, None, None, None], batch[:, :, ::-1], batch))
+
+
+class _Decode:
+    """A map-style dataset over the files of an `Images`: DataLoader workers decode, resize and crop them."""
+
+    def __init__(self, images: Images, index: np.ndarray, view: str):
+        self.images, self.index, self.view = images, index, view
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        return load_image(self.images.files[self.index[i]], self.images.size, self.images.resize)  # (S, S, 3)
+        p = self.index[i]
+        img = load_image(self.images.files[p], self.images.size, self.images.resize, crop_seed(self.view, p))  # (S, S, 3)
+        return np.ascontiguousarray(img[:, ::-1]) if self.view == "hflip" else img
 
 
 def data_workers() -> int:
@@ -89,22 +111,24 @@ def data_workers() -> int:
 
 
 def iter_batches(images: Images | np.ndarray, batch_size: int, index: np.ndarray | None = None,
-                 workers: int | None = None) -> Iterator[np.ndarray]:
-    """uint8 (B, S, S, 3) batches of images[index] (default: all), in order, with memory independent of N.
+                 workers: int | None = None, view: str = "identity") -> Iterator[np.ndarray]:
+    """uint8 (B, S, S, 3) batches of a view of images[index] (default: all), in order, memory independent of N.
 
     In-memory images are sliced; folder images are decoded by a torch DataLoader's worker processes, a few
-    batches ahead (prefetch), so no split is ever held whole in memory.
+    batches ahead (prefetch), so no split is ever held whole in memory. Views: identity, hflip, crop<i>.
     """
+    check_view(view)
     n = len(images) if index is None else len(index)
     index = np.arange(len(images)) if index is None else np.asarray(index)
     if not isinstance(images, Images) or images.array is not None:
         for start in range(0, n, batch_size):
-            yield np.asarray(images[index[start:start + batch_size]])  # (B, S, S, 3)
+            rows = index[start:start + batch_size]
+            yield apply_view(np.asarray(images[rows]), rows, view)  # (B, S, S, 3)
         return
     from torch.utils.data import DataLoader
 
     workers = data_workers() if workers is None else workers
-    loader = DataLoader(_Decode(images, index), batch_size=batch_size, num_workers=workers, collate_fn=np.stack,
+    loader = DataLoader(_Decode(images, index, view), batch_size=batch_size, num_workers=workers, collate_fn=np.stack,
                         prefetch_factor=2 if workers else None, persistent_workers=False)
     yield from loader
 
@@ -171,8 +195,12 @@ def to_rgb_size(grey_or_rgb: np.ndarray, size: int) -> np.ndarray:
     return t.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()  # (N, size, size, 3)
 
 
-def load_image(path: Path, size: int, resize: str = "bicubic") -> np.ndarray:
-    """Resize the short side to `size` (bicubic or bilinear) and centre-crop to size x size; uint8 (size, size, 3)."""
+def load_image(path: Path, size: int, resize: str = "bicubic", crop_seed: Sequence[int] | None = None) -> np.ndarray:
+    """Resize the short side to `size` (bicubic or bilinear) and crop size x size; uint8 (size, size, 3).
+
+    The crop is the centre one, or with `crop_seed` the paper's training augmentation: a seeded RandomCrop(size) of
+    the resized image, then a seeded horizontal flip with probability 1/2.
+    """
     from PIL import Image
 
     with Image.open(path) as im:
@@ -181,7 +209,13 @@ def load_image(path: Path, size: int, resize: str = "bicubic") -> np.ndarray:
         im = im.resize((max(size, round(im.size[0] * scale)), max(size, round(im.size[1] * scale))),
                        {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}[resize])
         left, top = (im.size[0] - size) // 2, (im.size[1] - size) // 2
-        return np.array(im.crop((left, top, left + size, top + size)), dtype=np.uint8)  # writable (torch.from_numpy)
+        flip = False
+        if crop_seed is not None:
+            rng = np.random.default_rng(list(crop_seed))
+            left, top = int(rng.integers(0, im.size[0] - size + 1)), int(rng.integers(0, im.size[1] - size + 1))
+            flip = bool(rng.random() < 0.5)
+        out = np.array(im.crop((left, top, left + size, top + size)), dtype=np.uint8)  # writable (torch.from_numpy)
+        return np.ascontiguousarray(out[:, ::-1]) if flip else out
 
 
 # ------------------------------------------------------------------------------------------------ datasets

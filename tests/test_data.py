@@ -81,3 +81,27 @@ def test_folder_images_stream_and_index_once(tmp_path, monkeypatch):
     assert imgs.shape == whole.shape and np.array_equal(imgs[3], whole[3])
     assert np.array_equal(np.concatenate(list(data.iter_batches(imgs, 3, workers=2))), whole)
     assert np.array_equal(UInt8Images(imgs)[5].permute(1, 2, 0).numpy(), whole[5])
+
+
+def test_random_crop_views_are_seeded_crops_of_the_resized_image(tmp_path):
+    """crop<i>: the paper's RandomCrop + flip, the same crop for the same (view, image) in every stage."""
+    from digit_bench import data
+
+    (tmp_path / "c").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (20, 40, 3), dtype=np.uint8)).save(tmp_path / "c" / f"{i}.png")
+    imgs = data._scan_folder(tmp_path, 16).images
+    centre = np.concatenate(list(data.iter_batches(imgs, 2, workers=0)))  # (4, 16, 16, 3)
+    crops = [np.concatenate(list(data.iter_batches(imgs, 2, workers=w, view="crop0"))) for w in (0, 2)]
+    assert np.array_equal(crops[0], crops[1])  # workers do not change the crops
+    assert not np.array_equal(crops[0], centre)  # 32 x 16 resized images: the crops move
+    again = np.stack([data.load_image(imgs.files[p], 16, crop_seed=[0, p]) for p in range(4)])
+    assert np.array_equal(again, crops[0])
+    other = np.concatenate(list(data.iter_batches(imgs, 4, workers=0, view="crop1")))
+    assert not np.array_equal(other, crops[0])
+    mirrored = np.concatenate(list(data.iter_batches(imgs, 4, workers=0, view="hflip")))
+    assert np.array_equal(mirrored, centre[:, :, ::-1])
+    square = np.arange(4 * 8 * 8 * 3, dtype=np.uint8).reshape(4, 8, 8, 3)  # in memory: a crop view is a seeded flip
+    flips = next(data.iter_batches(square, 4, view="crop3"))
+    assert all(np.array_equal(f, s) or np.array_equal(f, s[:, ::-1]) for f, s in zip(flips, square))

@@ -44,6 +44,9 @@ PAPER = {
     "tokenizer.seed": 1234,
     "tokenizer.max_points_per_centroid": 256,
     "tokenizer.init": "random",
+    # stages 1-2 augmentation (Resize 256 + RandomCrop 256 + flip, online in the release): pre-tokenized views,
+    # the centre crop, its mirror and 8 seeded random crops + flips per image
+    "tokenizer.views": ["identity", "hflip"] + [f"crop{i}" for i in range(8)],
     # stage 1 (§2): 16L/1024 post-LN GPT, dropout 0.1, unconditional, AdamW (0.9, 0.98) wd 0.01, lr 3e-4,
     # inverse_sqrt with 6,250 warmup, clip 1.0, label smoothing 0.1, global batch 1024, 200 epochs (Tables 3-4)
     "gpt.size": "digit-b",

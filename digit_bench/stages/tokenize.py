@@ -17,7 +17,7 @@ from tqdm import tqdm
 from digit_bench.artifacts import Artifact
 from digit_bench.config import DataConfig, build
 from digit_bench.data import load_split
-from digit_bench.stages.common import VIEWS, backbone_from, device, device_info
+from digit_bench.stages.common import backbone_from, device, device_info
 
 VERSION = 1
 RESUMABLE = False
@@ -45,17 +45,18 @@ def images_to_tokens(backbone, centroids: np.ndarray, images, views: list[str], 
     else:
         tokens = np.lib.format.open_memmap(out / f"tokens_{split}.npy", "w+", np.uint16, (len(views), n, T))  # (V, N, T)
         pooled = np.lib.format.open_memmap(out / f"pooled_{split}.npy", "w+", np.float16, (n, D))  # (N, D)
-    start = 0
-    for batch in tqdm(iter_batches(images, batch_size), desc=desc, unit="batch", total=-(-n // batch_size)):
-        for v, view in enumerate(views):  # batch: (B, H, W, 3) uint8
-            x = torch.from_numpy(VIEWS[view](batch)).to(dev)
+    for v, view in enumerate(views):  # each view decoded on its own: crop<i> views crop the uncropped image
+        start = 0
+        for batch in tqdm(iter_batches(images, batch_size, view=view), desc=f"{desc} {view}", unit="batch",
+                          total=-(-n // batch_size)):
+            x = torch.from_numpy(batch).to(dev)  # (B, H, W, 3) uint8
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                 feats = backbone(x).float()  # (B, T, D)
             ids = assign(feats.reshape(-1, D).cpu().numpy(), centroids, backend=backend, spherical=spherical)  # (B*T,)
             tokens[v, start:start + len(batch)] = ids.reshape(len(batch), T)
             if view == "identity":
                 pooled[start:start + len(batch)] = feats.mean(1).cpu().numpy()  # (B, D)
-        start += len(batch)
+            start += len(batch)
     if out is not None:
         tokens.flush(), pooled.flush()
     return tokens, pooled

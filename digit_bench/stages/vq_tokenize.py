@@ -14,7 +14,7 @@ from tqdm import tqdm
 from digit_bench.artifacts import Artifact
 from digit_bench.config import DataConfig, build
 from digit_bench.data import load_split
-from digit_bench.stages.common import VIEWS, device, device_info
+from digit_bench.stages.common import device, device_info
 from digit_bench.stages.tokenize import SPLITS
 from digit_bench.stages.vqgan import load_vqgan
 
@@ -30,16 +30,17 @@ def images_to_vq_tokens(vqgan, images, views: list[str], batch_size: int = 256, 
 
     n = len(images)
     out = None
-    start = 0
-    for batch in tqdm(iter_batches(images, batch_size), desc=desc, unit="batch", total=-(-n // batch_size)):
-        for v, view in enumerate(views):  # batch: (B, H, W, 3)
-            x = torch.from_numpy(VIEWS[view](batch)).to(device()).permute(0, 3, 1, 2).float() / 255  # (B, 3, H, W)
+    for v, view in enumerate(views):  # the same views (crops) as the K-Means tokens: stage 2 pairs them
+        start = 0
+        for batch in tqdm(iter_batches(images, batch_size, view=view), desc=f"{desc} {view}", unit="batch",
+                          total=-(-n // batch_size)):
+            x = torch.from_numpy(batch).to(device()).permute(0, 3, 1, 2).float() / 255  # (B, 3, H, W)
             _, idx, _ = vqgan.encode(x)  # (B, h, w)
             if out is None:
                 shape = (len(views), n, idx[0].numel())  # (V, N, T)
                 out = np.empty(shape, np.uint16) if path is None else np.lib.format.open_memmap(path, "w+", np.uint16, shape)
             out[v, start:start + len(batch)] = idx.flatten(1).cpu().numpy()
-        start += len(batch)
+            start += len(batch)
     if path is not None:
         out.flush()
     return out
