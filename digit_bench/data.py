@@ -128,9 +128,18 @@ def iter_batches(images: Images | np.ndarray, batch_size: int, index: np.ndarray
     from torch.utils.data import DataLoader
 
     workers = data_workers() if workers is None else workers
-    loader = DataLoader(_Decode(images, index, view), batch_size=batch_size, num_workers=workers, collate_fn=np.stack,
-                        prefetch_factor=2 if workers else None, persistent_workers=False)
-    yield from loader
+    # batches travel from the workers as tensors in shared memory (a pickled array would be copied into this
+    # process's heap every batch)
+    loader = DataLoader(_Decode(images, index, view), batch_size=batch_size, num_workers=workers,
+                        collate_fn=_stack, prefetch_factor=2 if workers else None, persistent_workers=False)
+    for batch in loader:
+        yield batch.numpy()  # (B, S, S, 3)
+
+
+def _stack(images: list[np.ndarray]):
+    import torch
+
+    return torch.from_numpy(np.stack(images))  # (B, S, S, 3) uint8
 
 
 @dataclass
