@@ -32,8 +32,7 @@ PAPER = {
     "backbone.img_size": 224,
     "backbone.weights": "dinov2_vitb14_reg4_pretrain.pth",  # Meta's release file (README), from the `weights:` map
     "weights": [["dinov2_vitb14_reg4", "dinov2_vitb14_reg4_pretrain.pth"], ["dinov2_vitl14_reg4", "dinov2_vitl14_reg4_pretrain.pth"],
-                ["ibot_vitb16", "checkpoint_teacher.pth"], ["mae_vitb16", "mae_pretrain_vit_base.pth"],
-                ["mocov3_vitb16", "vit-b-300ep.pth.tar"]],
+                ["ibot_vitb16", "checkpoint_teacher.pth"], ["mocov3_vitb16", "vit-b-300ep.pth.tar"]],
     "features.split": "train",
     "features.fraction": 0.1,
     "tokenizer.kind": "kmeans",

@@ -16,12 +16,15 @@ REPO = Path(__file__).resolve().parents[1]
 SWEEPS = sorted(p for p in (REPO / "ablations").glob("*.yaml") if not p.name.startswith("_")) + \
     sorted((REPO / "baselines").glob("*.yaml"))
 RELEASE_FILES = ["vqgan_jax_strongaug.ckpt"] + [BACKBONES.entry(n)[1]["release_file"] for n in
-                                                ("dinov2_vitb14_reg4", "dinov2_vitl14_reg4", "mae_vitb16", "mocov3_vitb16", "ibot_vitb16")]
+                                                ("dinov2_vitb14_reg4", "dinov2_vitl14_reg4", "mocov3_vitb16", "ibot_vitb16")]
+MAE_HUB = "timm/vit_base_patch16_224.mae"  # mae_vitb16 loads timm's converted weights from the HF cache
 
 
 @pytest.fixture
 def disk(tmp_path, monkeypatch):
-    """A weights folder with every release file, an ImageNet layout and the Inception weights in a torch hub."""
+    """A weights folder with every release file, MAE in an HF cache, an ImageNet layout and the Inception weights."""
+    from huggingface_hub import constants as hf_constants
+
     weights = tmp_path / "weights"
     weights.mkdir()
     for name in RELEASE_FILES:
@@ -31,6 +34,12 @@ def disk(tmp_path, monkeypatch):
         (tmp_path / "imagenet" / part).mkdir(parents=True)
     (tmp_path / "torch" / "hub" / "checkpoints").mkdir(parents=True)
     (tmp_path / "torch" / "hub" / "checkpoints" / INCEPTION_FILE).write_bytes(b"w")
+    snapshot = tmp_path / "hf" / f"models--{MAE_HUB.replace('/', '--')}" / "snapshots" / "0123abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.safetensors").write_bytes(b"w")
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abc")
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv("DIGIT_BENCH_WEIGHTS", str(weights))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("DIGIT_BENCH_DATA", str(tmp_path / "imagenet"))
@@ -88,3 +97,12 @@ def test_weight_paths_resolve_beside_the_yaml_or_in_the_weights_folder_never_the
     assert cfg.vqgan.weights == str(sweeps / "vq.ckpt")  # not there: beside the YAML
     explicit = load_sweep(sweeps / "s.yaml", sets=["backbone.weights=/abs/mine.pth"]).runs[0].cfg
     assert explicit.backbone.weights == "/abs/mine.pth"  # an explicit backbone.weights wins over the map
+
+
+def test_a_timm_backbone_without_cached_weights_says_how_to_fetch_them(disk, capsys):
+    import shutil
+
+    shutil.rmtree(disk / "hf")
+    assert main(["validate", str(REPO / "ablations/backbones.yaml"), "--profile", "paper"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "backbone.name (mae_vitb16, timm hub weights)" in err and f"hf download {MAE_HUB}" in err
