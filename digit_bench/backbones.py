@@ -217,17 +217,22 @@ def extract(backbone: FeatureBackbone, images, batch_size: int, device: str | to
             desc: str = "features", out: np.ndarray | None = None) -> np.ndarray:
     """Patch features of uint8 images (N, H, W, 3) as float16 (N, T, D), batched; bf16 autocast on CUDA.
 
-    `images` is anything sliceable into uint8 (B, H, W, 3) arrays (a numpy array, `data.Images`); `out` may be a
-    preallocated (e.g. `np.lib.format.open_memmap`) float16 array to write into.
+    `images` is anything sliceable into uint8 (B, H, W, 3) arrays (a numpy array, `data.Images`), or an iterator of
+    such batches (`data.iter_batches`) when `out` is given; `out` may be a preallocated (e.g.
+    `np.lib.format.open_memmap`) float16 array to write into.
     """
     device = torch.device(device)
     backbone = backbone.to(device).eval()
-    n = len(images)
+    sliceable = hasattr(images, "__getitem__")
+    n = len(images) if sliceable else len(out)
     if out is None:
         out = np.empty((n, backbone.num_tokens, backbone.embed_dim), np.float16)
-    for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch"):
-        batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device)  # (B, H, W, 3)
+    batches = (images[s:s + batch_size] for s in range(0, n, batch_size)) if sliceable else images
+    start = 0
+    for batch in tqdm(batches, desc=desc, unit="batch", total=-(-n // batch_size)):
+        batch = torch.from_numpy(np.ascontiguousarray(batch)).to(device)  # (B, H, W, 3)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             feats = backbone(batch)  # (B, T, D)
         out[start:start + len(batch)] = feats.to(torch.float16).cpu().numpy()
+        start += len(batch)
     return out

@@ -50,6 +50,8 @@ def cmd_validate(args: argparse.Namespace) -> dict:
     from digit_bench.config import load_sweep
     from digit_bench.sweep import describe, make_plan
 
+    from digit_bench.preflight import check_files
+
     sweep = load_sweep(args.yaml, args.profile, args.sets)
     if args.print_config:
         import yaml
@@ -65,6 +67,7 @@ def cmd_validate(args: argparse.Namespace) -> dict:
         return None
     plan = make_plan(sweep)
     print(describe(plan, Store(args.root or default_root())), file=sys.stderr)
+    check_files(sweep)
     return {"valid": True, "sweep": sweep.name, "profile": sweep.profile, "runs": len(sweep.runs),
             "run_ids": [r.run_id for r in sweep.runs], "artifacts": sum(len(w) for w in plan.waves)}
 
@@ -75,7 +78,7 @@ def cmd_plan(args: argparse.Namespace) -> dict:
     from digit_bench.plan import format_plan, plan_sweep
 
     sweep = load_sweep(args.yaml, args.profile, args.sets)
-    gpu_type = args.gpu_type or getattr(sweep.runs[0].cfg.launcher, "gpu_type", None)
+    gpu_type = args.gpu_type or sweep.runs[0].cfg.launcher.gpu_type
     jobs = plan_sweep(sweep, args.mfu, gpu_type)
     print(format_plan(jobs, gpu_type, args.mfu), file=sys.stderr)
     return {"sweep": sweep.name, "profile": sweep.profile, "gpu_type": gpu_type, "mfu": args.mfu,

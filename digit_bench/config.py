@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import os
 import re
 import types
 import typing
@@ -68,7 +69,9 @@ class TokenizerConfig:
     seed: int = 1234  # K-Means seed (paper: faiss default 1234)
     max_points_per_centroid: int = 256  # faiss subsampling cap: at most k * this points are used (paper: 256)
     init: Literal["random", "kmeans++"] = "random"  # centroid init (paper: faiss's random points)
-    views: tuple[str, ...] = ("identity", "hflip")  # token views per image; training picks one at random
+    views: tuple[str, ...] = ("identity", "hflip")  # token views per image; training picks one at random.
+    # identity/hflip: the centre crop and its mirror; crop<i>: the i-th seeded RandomCrop + flip of the resized image
+    # (the paper's online augmentation, pre-tokenized as N views). The first view must be identity (probe, ceilings)
     centroids: Optional[str] = None  # id of imported centroids (`digit-bench import centroids km_8k.npy`); None = fit
     #   here. Set k to the file's K as well: it names the token artifacts.
 
@@ -76,8 +79,9 @@ class TokenizerConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = 125_000  # optimizer updates (paper stage 1: 125k at global batch 1024)
-    batch_size: int = 1024  # global batch (sequences or images per update)
-    grad_accum: int = 1  # micro-batches per update (batch_size must divide by it)
+    batch_size: int = 1024  # GLOBAL batch (sequences or images per update), whatever the number of GPUs
+    micro_batch_size: Optional[int] = None  # per rank per forward; None = batch_size / world (no accumulation).
+    # Gradient accumulation = batch_size / (world x micro_batch_size), world = launcher.nodes x tasks_per_node
     lr: float = 3e-4  # peak learning rate (paper stage 1: 3e-4)
     schedule: Literal["inverse_sqrt", "cosine", "constant"] = "inverse_sqrt"  # after linear warmup
     warmup_steps: int = 6250  # linear warmup updates (paper: 6250)
@@ -88,6 +92,16 @@ class TrainConfig:
     ema: float = 0.0  # EMA decay of weights kept beside the model; 0 = none
     checkpoint_every: int = 1000  # updates between resumable checkpoints
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
+
+    def accumulation(self, world: int = 1) -> tuple[int, int]:
+        """(micro-batch per rank, micro-batches per update) that make the global `batch_size` on `world` ranks."""
+        micro = self.micro_batch_size or self.batch_size // world
+        if micro < 1 or micro * world > self.batch_size or self.batch_size % (micro * world):
+            raise UserError(f"batch_size {self.batch_size} is not world {world} x micro_batch_size {micro} x a whole "
+                            f"number of accumulation steps; pick a micro_batch_size dividing {self.batch_size // world}"
+                            if self.batch_size % world == 0 else
+                            f"batch_size {self.batch_size} does not split over {world} ranks; make it a multiple of {world}")
+        return micro, self.batch_size // (micro * world)
 
 
 @dataclass(frozen=True)
@@ -148,6 +162,10 @@ class EvalConfig:
     extra_extractors: tuple[str, ...] = ()  # more extractors, each its own columns (fd_dinov2, ...)
     reference: str = "dataset:imagenet:val"  # dataset:<name>:<split> or npz:<file> (ADM-style mu/sigma)
     num_reference: Optional[int] = None  # real images in the reference set (None = the whole split)
+    reference_resize: Literal["bicubic", "bilinear"] = "bicubic"  # short-side resize of folder reference images
+    # (paper: torchvision Resize(256) default, bilinear, + CenterCrop 256)
+    ceiling_split: Literal["val", "test"] = "val"  # images the "VQ only" / "DiGIT + VQ" ceilings re-render
+    # (val = carved from train; test = the dataset's test part, ImageNet val for the paper's "validation data" rows)
     weights: Optional[str] = None  # explicit extractor weight file (inception/dinov2)
     bootstrap: int = 200  # bootstrap resamples of the generated set for the FD confidence interval
     kid_subset_size: int = 1000  # torch-fidelity KID subset size (clipped to the sample count)
@@ -218,7 +236,10 @@ class LauncherConfig:
     cluster: Literal["debug", "local", "slurm"] = "debug"  # submitit executor (debug = in-process)
     partition: Optional[str] = None  # slurm_partition
     gpus_per_node: int = 0
-    tasks_per_node: int = 1  # DDP ranks of a SLURM training job (= gpus_per_node with GPUs); other jobs run 1 task
+    tasks_per_node: int = 1  # DDP ranks per node of a SLURM training job (= gpus_per_node with GPUs); other jobs 1 task
+    nodes: int = 1  # nodes of a SLURM training job (multi-node DDP: world = nodes x tasks_per_node); other jobs 1
+    gpu_type: Optional[str] = None  # GPU model of the partition (h200, h100, a100, ...): `plan` and `sweep` check each
+    #   job's memory against it; None = unknown, nothing is checked
     cpus_per_task: int = 2
     mem_gb: int = 8
     timeout_min: int = 60  # wall-clock limit per job, minutes
@@ -236,6 +257,9 @@ class ExperimentConfig:
     profile: str = "tiny"
     seed: int = 0  # run seed: GPT init, data order, sampling (K-Means has its own tokenizer.seed)
     generator: Literal["digit", "vqgan_ar", "ldm"] = "digit"
+    # backbone name -> weight file, for every grid point at once (a mapping in YAML); used where backbone.weights
+    # is unset. Relative files resolve in $DIGIT_BENCH_WEIGHTS, else beside the YAML file that names them.
+    weights: tuple[tuple[str, str], ...] = ()
     data: DataConfig = DataConfig()
     backbone: BackboneConfig = BackboneConfig()
     features: FeaturesConfig = FeaturesConfig()
@@ -297,6 +321,8 @@ def coerce(tp: Any, value: Any, key: str, where: str) -> Any:
             raise UserError(f"{where}: {key}: {value!r} is not allowed{did_you_mean(str(value), [str(a) for a in typing.get_args(tp)])}; "
                             f"choose one of: {', '.join(str(a) for a in typing.get_args(tp))}")
         return value
+    if origin is tuple and isinstance(value, dict):  # a mapping field (`weights:`), kept as sorted (key, value) pairs
+        value = sorted((str(k), v) for k, v in value.items())
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise bad
@@ -379,8 +405,8 @@ def config_hash(d: dict, n: int = 10) -> str:
 # ------------------------------------------------------------------------------------------- impossible values
 _POSITIVE = {"image_size", "batch_size", "steps", "k", "niter", "num_samples", "embed_dim", "depth", "num_heads",
              "patch_size", "ch", "n_embed", "z_channels", "maskgit_steps", "epochs", "num_images", "max_points_per_centroid",
-             "num_train_timesteps", "num_inference_steps", "out_dim", "grad_accum", "checkpoint_every", "num_res_blocks",
-             "cpus_per_task", "mem_gb", "timeout_min", "array_parallelism", "local_workers", "tasks_per_node",
+             "num_train_timesteps", "num_inference_steps", "out_dim", "micro_batch_size", "checkpoint_every", "num_res_blocks",
+             "cpus_per_task", "mem_gb", "timeout_min", "array_parallelism", "local_workers", "tasks_per_node", "nodes",
              "latent_channels", "bootstrap", "kid_subset_size", "prc_neighborhood", "local_crops"}
 _NON_NEGATIVE = {"num_val", "warmup_steps", "gpus_per_node", "max_retries", "max_num_timeout", "top_k", "disc_start",
                  "lr", "weight_decay", "grad_clip", "label_smoothing", "beta", "disc_weight", "perceptual_weight",
@@ -423,23 +449,53 @@ def check_names(cfg: ExperimentConfig) -> None:
     EXTRACTORS.check(cfg.eval.extractor)
     for ex in cfg.eval.extra_extractors:
         EXTRACTORS.check(ex)
-    if cfg.train.batch_size % cfg.train.grad_accum:
-        raise UserError(f"train.batch_size {cfg.train.batch_size} is not divisible by train.grad_accum {cfg.train.grad_accum}")
+    world = training_world(cfg.launcher)
+    for key, tcfg in train_configs(cfg):
+        try:
+            tcfg.accumulation(world)
+        except UserError as e:
+            raise UserError(f"{key}.{e} (world = launcher.nodes {cfg.launcher.nodes} x launcher.tasks_per_node "
+                            f"{cfg.launcher.tasks_per_node})") from None
     if cfg.tokenizer.k > 65535:
         raise UserError(f"tokenizer.k {cfg.tokenizer.k} does not fit the uint16 token files; use k <= 65535")
     gpus, tasks = cfg.launcher.gpus_per_node, cfg.launcher.tasks_per_node
     if gpus and tasks != gpus:
         raise UserError(f"launcher.tasks_per_node {tasks} != launcher.gpus_per_node {gpus}: a DDP training job runs "
                         "one task per GPU; set them equal")
-    bad_views = set(cfg.tokenizer.views) - {"identity", "hflip"}
-    if bad_views or not cfg.tokenizer.views:
-        raise UserError(f"tokenizer.views {list(cfg.tokenizer.views)}: choose a non-empty list of identity, hflip")
+    views = list(cfg.tokenizer.views)
+    bad = [v for v in views if v not in ("identity", "hflip") and not (v.startswith("crop") and v[4:].isdigit())]
+    if bad or not views or views[0] != "identity" or len(set(views)) != len(views):
+        raise UserError(f"tokenizer.views {views}: list distinct views starting with identity, from identity, hflip "
+                        "and crop<i> (seeded random crop + flip), e.g. [identity, hflip, crop0, crop1]")
+
+
+def training_world(launcher: LauncherConfig) -> int:
+    """DDP ranks of a training job: nodes x tasks per node on SLURM, one process elsewhere."""
+    return launcher.nodes * launcher.tasks_per_node if launcher.cluster == "slurm" else 1
+
+
+def train_configs(cfg: Any, prefix: str = "") -> list[tuple[str, TrainConfig]]:
+    """(dotted key, TrainConfig) of every training block of a config ("train", "stage2.train", ...)."""
+    out = []
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if isinstance(v, TrainConfig):
+            out.append((prefix + f.name, v))
+        elif dataclasses.is_dataclass(v):
+            out += train_configs(v, prefix + f.name + ".")
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ sweep files
 SWEEP_KEYS = ("include", "name", "defaults", "grid", "seeds", "profiles")
-PROFILES = ("smoke", "tiny", "paper")
+PROFILES = ("smoke", "tiny", "paper", "paper_long")
+PROFILE_BASES = {"paper_long": "paper"}  # a profile applied first, its overrides (and grid, seeds) then replaced
 DEFAULT_PROFILE = "tiny"
+
+
+def profile_chain(profile: str) -> list[str]:
+    """The profile and the ones it extends, base first: paper_long -> [paper, paper_long]."""
+    return ([*profile_chain(PROFILE_BASES[profile])] if profile in PROFILE_BASES else []) + [profile]
 
 
 @dataclass(frozen=True)
@@ -526,7 +582,7 @@ def load_sweep(path: str | Path, profile: str | None = None, sets: list[str] = (
 
     Args:
         path: sweep file; may `include:` one base file (relative to itself), which may not include another.
-        profile: smoke | tiny | paper (default tiny).
+        profile: smoke | tiny | paper | paper_long (default tiny); paper_long is paper with its own overrides.
         sets: `key=value` strings (values parsed as YAML), applied last; a --set of a grid key narrows the grid.
     """
     path = Path(path)
@@ -558,11 +614,12 @@ def load_sweep(path: str | Path, profile: str | None = None, sets: list[str] = (
             if p not in PROFILES:
                 raise UserError(f"{src.where('profiles', p)}: unknown profile {p!r}{did_you_mean(str(p), list(PROFILES))}; "
                                 f"choose one of: {', '.join(PROFILES)}")
-        overrides += src.overrides("profiles", profile)
-        prof = profiles.get(profile) or {}
-        if "grid" in prof:
-            grid, grid_where = prof["grid"], src.where("profiles", profile, "grid")
-        seeds = prof.get("seeds", seeds)
+        for name in profile_chain(profile):
+            overrides += src.overrides("profiles", name)
+            prof = profiles.get(name) or {}
+            if "grid" in prof:
+                grid, grid_where = prof["grid"], src.where("profiles", name, "grid")
+            seeds = prof.get("seeds", seeds)
     cli = [_parse_set(s) for s in sets]
     points = _expand(grid, seeds, grid_where, {o.key: o.value for o in cli})
     name = str(top.data.get("name", path.stem))
@@ -572,6 +629,7 @@ def load_sweep(path: str | Path, profile: str | None = None, sets: list[str] = (
         ovs = [Override(k, v, f"{grid_where} (grid)") for k, v in point.items() if k != "seed"]
         cfg = apply_overrides(base_cfg, ovs + [Override("seed", point["seed"], f"{grid_where} (seeds)")])
         cfg = apply_overrides(cfg, [o for o in cli if o.key not in point])
+        cfg = resolve_files(cfg, {o.key: o.where for o in overrides + ovs + [o for o in cli if o.key not in point]})
         problems = check_values(cfg)
         if problems:
             key, msg = problems[0]
@@ -581,6 +639,38 @@ def load_sweep(path: str | Path, profile: str | None = None, sets: list[str] = (
         runs.append(Run(run_id=run_id(cfg, point), cfg=cfg, point=point))
     keys = tuple(dict.fromkeys(k for p in points for k in p))
     return Sweep(name=name, profile=profile, path=str(path), runs=tuple(runs), swept_keys=keys)
+
+
+FILE_KEYS = ("backbone.weights", "vqgan.weights", "ldm.vae_weights", "eval.weights")
+
+
+def resolve_file(name: str, where: str) -> str:
+    """Absolute path of a weight file named in a sweep file: as given when absolute, else the first existing of
+    $DIGIT_BENCH_WEIGHTS/name and <folder of the YAML that names it>/name (the current folder for --set), else the
+    last of these (validate then reports it missing). Never the folder a job later runs in."""
+    path = Path(name).expanduser()
+    if path.is_absolute():
+        return str(path)
+    source = where.split(":")[0]
+    base = Path.cwd() if source.startswith("--set") or not Path(source).suffix else Path(source).resolve().parent
+    candidates = ([Path(os.environ["DIGIT_BENCH_WEIGHTS"]).expanduser() / path] if os.environ.get("DIGIT_BENCH_WEIGHTS")
+                  else []) + [base / path]
+    return str(next((c for c in candidates if c.exists()), candidates[-1]).resolve())
+
+
+def resolve_files(cfg: ExperimentConfig, where: dict[str, str]) -> ExperimentConfig:
+    """Weight paths made absolute (resolve_file), and backbone.weights taken from the `weights:` map when unset."""
+    for key in FILE_KEYS:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value:
+            cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section),
+                                                                           **{name: resolve_file(value, where.get(key, ""))})})
+    mapped = dict(cfg.weights)
+    if cfg.backbone.weights is None and cfg.backbone.name in mapped:
+        cfg = dataclasses.replace(cfg, backbone=dataclasses.replace(
+            cfg.backbone, weights=resolve_file(mapped[cfg.backbone.name], where.get("weights", ""))))
+    return cfg
 
 
 def _parse_set(s: str) -> Override:

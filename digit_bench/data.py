@@ -13,7 +13,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -34,25 +34,112 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG", ".JPG", ".PNG")
 class Images:
     """uint8 (N, H, W, 3) images, indexable by int arrays or slices; in memory or read from files on demand."""
 
-    def __init__(self, array: np.ndarray | None = None, files: Sequence[Path] = (), size: int = 0):
-        self.array, self.files, self.size = array, list(files), size
+    def __init__(self, array: np.ndarray | None = None, files: Sequence[Path] = (), size: int = 0,
+                 resize: str = "bicubic"):
+        self.array, self.files, self.size, self.resize = array, list(files), size, resize
 
     def __len__(self) -> int:
         return len(self.array) if self.array is not None else len(self.files)
 
-    def __getitem__(self, index: slice | np.ndarray | Sequence[int]) -> np.ndarray:
+    # array-like enough for a torch Dataset over it (eval.fidelity.UInt8Images): files are decoded one at a time
+    dtype = np.dtype(np.uint8)
+    ndim = 4
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.array.shape if self.array is not None else (len(self.files), self.size, self.size, 3)
+
+    def __getitem__(self, index: int | slice | np.ndarray | Sequence[int]) -> np.ndarray:
         if self.array is not None:
             return self.array[index]
+        if isinstance(index, (int, np.integer)):
+            return load_image(self.files[index], self.size, self.resize)  # (S, S, 3)
         idx = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index)
-        return np.stack([load_image(self.files[i], self.size) for i in idx])  # (B, S, S, 3)
+        return np.stack([load_image(self.files[i], self.size, self.resize) for i in idx])  # (B, S, S, 3)
 
     def subset(self, idx: np.ndarray) -> "Images":
         if self.array is not None:
             return Images(self.array[idx])
-        return Images(files=[self.files[i] for i in idx], size=self.size)
+        return Images(files=[self.files[i] for i in idx], size=self.size, resize=self.resize)
 
     def all(self) -> np.ndarray:
+        """Every image in memory: only for in-memory datasets and small folders (streaming stages use iter_batches)."""
         return self[np.arange(len(self))]
+
+
+def check_view(view: str) -> None:
+    if view not in ("identity", "hflip") and not (view.startswith("crop") and view[4:].isdigit()):
+        raise UserError(f"unknown view {view!r}: use identity, hflip or crop<i> (the i-th seeded random crop + flip)")
+
+
+def crop_seed(view: str, position: int) -> list[int] | None:
+    """Seed of view `crop<i>` of the image at `position` of its split (None for the centre-crop views)."""
+    return [int(view[4:]), int(position)] if view.startswith("crop") else None
+
+
+def apply_view(batch: np.ndarray, positions: np.ndarray, view: str) -> np.ndarray:
+    """A view of in-memory uint8 images (B, S, S, 3): identity, mirrored, or crop<i> (at most a seeded flip: an
+    image already at its final size has no other crop)."""
+    if view == "identity":
+        return batch
+    flip = np.ones(len(batch), bool) if view == "hflip" else np.array(
+        [np.random.default_rng(crop_seed(view, p)).random() < 0.5 for p in positions], bool)  # (B,)
+    return np.ascontiguousarray(np.where(flip[:, None, None, None], batch[:, :, ::-1], batch))
+
+
+class _Decode:
+    """A map-style dataset over the files of an `Images`: DataLoader workers decode, resize and crop them."""
+
+    def __init__(self, images: Images, index: np.ndarray, view: str):
+        self.images, self.index, self.view = images, index, view
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        p = self.index[i]
+        img = load_image(self.images.files[p], self.images.size, self.images.resize, crop_seed(self.view, p))  # (S, S, 3)
+        return np.ascontiguousarray(img[:, ::-1]) if self.view == "hflip" else img
+
+
+def data_workers() -> int:
+    """Decode processes per DataLoader: $DIGIT_BENCH_DATA_WORKERS, else up to 8 of this job's CPUs (0 on one CPU)."""
+    if os.environ.get("DIGIT_BENCH_DATA_WORKERS"):
+        return int(os.environ["DIGIT_BENCH_DATA_WORKERS"])
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(8, cpus) if cpus > 1 else 0
+
+
+def iter_batches(images: Images | np.ndarray, batch_size: int, index: np.ndarray | None = None,
+                 workers: int | None = None, view: str = "identity") -> Iterator[np.ndarray]:
+    """uint8 (B, S, S, 3) batches of a view of images[index] (default: all), in order, memory independent of N.
+
+    In-memory images are sliced; folder images are decoded by a torch DataLoader's worker processes, a few
+    batches ahead (prefetch), so no split is ever held whole in memory. Views: identity, hflip, crop<i>.
+    """
+    check_view(view)
+    n = len(images) if index is None else len(index)
+    index = np.arange(len(images)) if index is None else np.asarray(index)
+    if not isinstance(images, Images) or images.array is not None:
+        for start in range(0, n, batch_size):
+            rows = index[start:start + batch_size]
+            yield apply_view(np.asarray(images[rows]), rows, view)  # (B, S, S, 3)
+        return
+    from torch.utils.data import DataLoader
+
+    workers = data_workers() if workers is None else workers
+    # batches travel from the workers as tensors in shared memory (a pickled array would be copied into this
+    # process's heap every batch)
+    loader = DataLoader(_Decode(images, index, view), batch_size=batch_size, num_workers=workers,
+                        collate_fn=_stack, prefetch_factor=2 if workers else None, persistent_workers=False)
+    for batch in loader:
+        yield batch.numpy()  # (B, S, S, 3)
+
+
+def _stack(images: list[np.ndarray]):
+    import torch
+
+    return torch.from_numpy(np.stack(images))  # (B, S, S, 3) uint8
 
 
 @dataclass
@@ -80,9 +167,11 @@ class RawDataset:
     test: ImageSet
 
 
-def load_split(cfg: DataConfig, split: str) -> ImageSet:
-    """The `split` (train | val | test) of the configured dataset: seeded, deterministic, val carved from train."""
-    raw: RawDataset = DATASETS.get(cfg.name)(root=cfg.root, image_size=cfg.image_size)
+def load_split(cfg: DataConfig, split: str, resize: str = "bicubic") -> ImageSet:
+    """The `split` (train | val | test) of the configured dataset: seeded, deterministic, val carved from train.
+
+    `resize`: filter of the short-side resize of folder datasets (bicubic; the paper's FID reference: bilinear)."""
+    raw: RawDataset = DATASETS.get(cfg.name)(root=cfg.root, image_size=cfg.image_size, resize=resize)
     if split == "test":
         part, n = raw.test, cfg.num_test
         perm = np.random.default_rng([cfg.split_seed, 1]).permutation(len(part))
@@ -125,16 +214,27 @@ def to_rgb_size(grey_or_rgb: np.ndarray, size: int) -> np.ndarray:
     return t.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()  # (N, size, size, 3)
 
 
-def load_image(path: Path, size: int) -> np.ndarray:
-    """Resize the short side to `size` (bicubic) and centre-crop to size x size; uint8 (size, size, 3)."""
+def load_image(path: Path, size: int, resize: str = "bicubic", crop_seed: Sequence[int] | None = None) -> np.ndarray:
+    """Resize the short side to `size` (bicubic or bilinear) and crop size x size; uint8 (size, size, 3).
+
+    The crop is the centre one, or with `crop_seed` the paper's training augmentation: a seeded RandomCrop(size) of
+    the resized image, then a seeded horizontal flip with probability 1/2.
+    """
     from PIL import Image
 
     with Image.open(path) as im:
         im = im.convert("RGB")
         scale = size / min(im.size)
-        im = im.resize((max(size, round(im.size[0] * scale)), max(size, round(im.size[1] * scale))), Image.BICUBIC)
+        im = im.resize((max(size, round(im.size[0] * scale)), max(size, round(im.size[1] * scale))),
+                       {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}[resize])
         left, top = (im.size[0] - size) // 2, (im.size[1] - size) // 2
-        return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+        flip = False
+        if crop_seed is not None:
+            rng = np.random.default_rng(list(crop_seed))
+            left, top = int(rng.integers(0, im.size[0] - size + 1)), int(rng.integers(0, im.size[1] - size + 1))
+            flip = bool(rng.random() < 0.5)
+        out = np.array(im.crop((left, top, left + size, top + size)), dtype=np.uint8)  # writable (torch.from_numpy)
+        return np.ascontiguousarray(out[:, ::-1]) if flip else out
 
 
 # ------------------------------------------------------------------------------------------------ datasets
@@ -179,7 +279,7 @@ def fashion_mnist_dir(root: str | None) -> Path:
               "or put the four *-ubyte(.gz) files in a folder and set DIGIT_BENCH_DATA=<folder>") from None
 
 
-def fashion_mnist(root: str | None, image_size: int) -> RawDataset:
+def fashion_mnist(root: str | None, image_size: int, resize: str = "bicubic") -> RawDataset:
     """Fashion-MNIST: 60,000 train + 10,000 test 28x28 grey images in 10 classes (Zalando, MIT)."""
     folder = fashion_mnist_dir(root)
     parts = {}
@@ -190,7 +290,7 @@ def fashion_mnist(root: str | None, image_size: int) -> RawDataset:
     return RawDataset(parts["train"], parts["test"])
 
 
-def digits(root: str | None, image_size: int) -> RawDataset:
+def digits(root: str | None, image_size: int, resize: str = "bicubic") -> RawDataset:
     """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes); a seeded 20% is the test part."""
     from sklearn.datasets import load_digits
 
@@ -205,7 +305,8 @@ def digits(root: str | None, image_size: int) -> RawDataset:
     return RawDataset(ImageSet(Images(x[tr]), y[tr], classes), ImageSet(Images(x[te]), y[te], classes))
 
 
-def synthetic(root: str | None, image_size: int, n_train: int = 2000, n_test: int = 500, num_classes: int = 10) -> RawDataset:
+def synthetic(root: str | None, image_size: int, n_train: int = 2000, n_test: int = 500, num_classes: int = 10,
+              resize: str = "bicubic") -> RawDataset:
     """Seeded class-coloured squares at class-dependent places plus noise: for unit tests only."""
     def make(n: int, seed: int) -> ImageSet:
         rng = np.random.default_rng(seed)
@@ -221,48 +322,86 @@ def synthetic(root: str | None, image_size: int, n_train: int = 2000, n_test: in
     return RawDataset(make(n_train, 0), make(n_test, 1))
 
 
-def _scan_folder(root: Path, size: int) -> ImageSet:
-    """An ImageFolder (one sub-folder per class); unreadable files are skipped with a warning."""
+def index_cache_dir() -> Path:
+    """Where folder indexes are cached: $DIGIT_BENCH_ROOT/dataset_index, else ~/.cache/digit_bench/dataset_index."""
+    if os.environ.get("DIGIT_BENCH_ROOT"):
+        return Path(os.environ["DIGIT_BENCH_ROOT"]) / "dataset_index"
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "digit_bench" / "dataset_index"
+
+
+def folder_index(root: Path) -> dict:
+    """The index of an ImageFolder: class names, files (relative), labels, (width, height), unreadable files.
+
+    Built once (every file opened and verified with PIL) and cached as `<index_cache_dir>/<hash>.npz`, keyed by the
+    absolute root and the modification times of its class folders (adding or removing a file re-indexes): a
+    1.3M-image ImageNet is scanned once, not by every stage and split.
+    """
+    import hashlib
+
     from PIL import Image
 
     if not root.is_dir():
         raise UserError(f"image folder not found: {root}; point data.root at a folder with one sub-folder per class")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if not classes:
+    class_dirs = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.name)
+    if not class_dirs:
         raise UserError(f"{root} has no class sub-folders; an ImageFolder root holds one folder per class")
-    files, labels, skipped = [], [], []
-    for c, name in enumerate(classes):
-        for p in sorted((root / name).iterdir()):
+    key = hashlib.sha256(repr([str(root.resolve())] + [(p.name, p.stat().st_mtime_ns) for p in class_dirs]).encode())
+    cache = index_cache_dir() / f"{root.name}-{key.hexdigest()[:16]}.npz"
+    if cache.is_file():
+        with np.load(cache) as z:
+            index = {k: z[k] for k in z.files}
+        if len(index["skipped"]):
+            log.warning("%d unreadable images under %s are skipped (cached index %s)", len(index["skipped"]), root, cache)
+        return index
+    files, labels, sizes, skipped = [], [], [], []
+    for c, d in enumerate(class_dirs):
+        for p in sorted(d.iterdir()):
             if p.suffix not in IMAGE_EXTS:
                 continue
             try:
                 with Image.open(p) as im:
+                    sizes.append(im.size)
                     im.verify()
             except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
                 log.warning("skipping unreadable image %s (%s)", p, type(e).__name__)
                 skipped.append(str(p))
+                sizes = sizes[:len(files)]
                 continue
-            files.append(p)
+            files.append(f"{d.name}/{p.name}")
             labels.append(c)
-    if not files:
+    index = {"classes": np.array([d.name for d in class_dirs]), "files": np.array(files), "skipped": np.array(skipped, dtype=str),
+             "labels": np.asarray(labels, np.int64), "sizes": np.asarray(sizes, np.int32).reshape(-1, 2)}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f"{cache.stem}.tmp-{os.getpid()}.npz")
+    np.savez(tmp, **index)
+    os.replace(tmp, cache)
+    return index
+
+
+def _scan_folder(root: Path, size: int, resize: str = "bicubic") -> ImageSet:
+    """An ImageFolder (one sub-folder per class) from its cached index; unreadable files are skipped with a warning."""
+    index = folder_index(root)
+    if not len(index["files"]):
         raise UserError(f"no readable images under {root} (extensions {', '.join(IMAGE_EXTS[:5])})")
-    return ImageSet(Images(files=files, size=size), np.asarray(labels, dtype=np.int64), classes, skipped)
+    files = [root / f for f in index["files"].tolist()]
+    return ImageSet(Images(files=files, size=size, resize=resize), index["labels"], index["classes"].tolist(),
+                    index["skipped"].tolist())
 
 
-def imagenet(root: str | None, image_size: int) -> RawDataset:
+def imagenet(root: str | None, image_size: int, resize: str = "bicubic") -> RawDataset:
     """ImageNet-1k as ImageFolders root/train and root/val; `val` is our test part (the paper's FID reference)."""
     base = Path(root or os.environ.get("DIGIT_BENCH_DATA", "") or "imagenet")
     if not (base / "train").is_dir() or not (base / "val").is_dir():
         raise UserError(f"ImageNet not found at {base}: set data.root (or DIGIT_BENCH_DATA) to a folder with train/ and val/ "
                         "ImageFolders (one sub-folder per class)")
-    return RawDataset(_scan_folder(base / "train", image_size), _scan_folder(base / "val", image_size))
+    return RawDataset(_scan_folder(base / "train", image_size, resize), _scan_folder(base / "val", image_size, resize))
 
 
-def folder(root: str | None, image_size: int, test_fraction: float = 0.1) -> RawDataset:
+def folder(root: str | None, image_size: int, test_fraction: float = 0.1, resize: str = "bicubic") -> RawDataset:
     """Any ImageFolder; a seeded `test_fraction` of it is the test part."""
     if not root:
         raise UserError("the folder dataset needs data.root=<ImageFolder root>")
-    full = _scan_folder(Path(root), image_size)
+    full = _scan_folder(Path(root), image_size, resize)
     perm = np.random.default_rng(0).permutation(len(full))
     n_test = max(1, int(len(full) * test_fraction))
     te, tr = np.sort(perm[:n_test]), np.sort(perm[n_test:])

@@ -142,7 +142,8 @@ def reference_node(cfg: ExperimentConfig, extractor: str) -> Node:
     ref = f"npz:{ref.rsplit('/', 1)[-1]}" if ref.startswith("npz:") else ref
     return Node("reference", f"{extractor}-{ref.replace(':', '_')}",
                 {"data": _data(cfg), "reference": cfg.eval.reference, "extractor": extractor,
-                 "num_reference": cfg.eval.num_reference, "weights": cfg.eval.weights}, parents)
+                 "num_reference": cfg.eval.num_reference, "weights": cfg.eval.weights,
+                 "resize": cfg.eval.reference_resize}, parents)
 
 
 def evaluate_node(cfg: ExperimentConfig, images: Node, label: str, seed: int, tokenizer_backbone: str) -> Node:
@@ -151,7 +152,9 @@ def evaluate_node(cfg: ExperimentConfig, images: Node, label: str, seed: int, to
     `seed` seeds the bootstrap; `tokenizer_backbone` is what the circularity guard compares extractors with.
     """
     extractors = (cfg.eval.extractor, *cfg.eval.extra_extractors)
-    parents = {"images": images, "classifier": classifier_node(cfg)}
+    parents = {"images": images}
+    if "local" in extractors or cfg.gpt.class_conditional:  # the local judge: its FD features, or class_acc
+        parents["classifier"] = classifier_node(cfg)
     parents.update({f"reference_{e}": reference_node(cfg, e) for e in extractors})
     return Node("evaluate", f"{label}-{cfg.eval.extractor}",
                 {"eval": {k: v for k, v in to_dict(cfg.eval).items() if k != "local_train"},
@@ -238,7 +241,8 @@ def run_dag(cfg: ExperimentConfig) -> dict[str, Node]:
                   **_pixels(cfg)}
         nodes["images"] = Node("render", f"digit-{label}-s{cfg.seed}", {**render, "source": "samples"},
                                {"samples": nodes["samples"], "stage2": nodes["stage2"], "vqgan": nodes["vqgan"]})
-        nodes["ceiling_images"] = Node("render", f"digit_vq_ceiling-{label}", {**render, "source": "ground_truth"},
+        nodes["ceiling_images"] = Node("render", f"digit_vq_ceiling-{label}",
+                                       {**render, "source": "ground_truth", "split": cfg.eval.ceiling_split},
                                        {"tokens": nodes["tokens"], "stage2": nodes["stage2"], "vqgan": nodes["vqgan"]})
         nodes["ceiling_metrics"] = evaluate_node(cfg, nodes["ceiling_images"], f"digit_vq_ceiling-{label}", FIXED_SEED,
                                                  cfg.backbone.name)
@@ -253,7 +257,7 @@ def run_dag(cfg: ExperimentConfig) -> dict[str, Node]:
                                {"source": "samples", "batch_size": cfg.sample.batch_size, **_pixels(cfg)},
                                {"samples": nodes["samples"], "vqgan": nodes["vqgan"]})
         nodes["ceiling_images"] = Node("render", "vq_recon", {"source": "reconstruction", "batch_size": cfg.sample.batch_size,
-                                                               **_pixels(cfg)},
+                                                              "split": cfg.eval.ceiling_split, **_pixels(cfg)},
                                        {"vqgan": nodes["vqgan"], "tokens": nodes["vq_tokens"]})
         nodes["ceiling_metrics"] = evaluate_node(cfg, nodes["ceiling_images"], "vq_only", FIXED_SEED, "vqgan")
     else:  # ldm

@@ -29,9 +29,8 @@ Sweep planning (what `digit-bench plan` prints and `sweep` checks before submitt
 - `plan_sweep(sweep, mfu=0.4, gpu_type=None) -> list[JobPlan]`: per unique artifact of the roles features, tokens,
   gpt (stage 1), stage2 and samples: params, total FLOPs, world x micro-batch x accumulation, memory per GPU, disk
   bytes, GPU-hours at `mfu` of the GPU's bf16 peak, and `fits_memory` / `fits_time` (None when the GPU type is
-  unknown) with `advice` naming the setting to change. Reads `train.micro_batch_size` (None = global batch / world /
-  grad_accum), `launcher.nodes` (default 1), `launcher.tasks_per_node` (ranks per node) and `launcher.gpu_type`
-  (default None), each with its default when the config has no such field.
+  unknown) with `advice` naming the setting to change. Reads `train.micro_batch_size` (None = global batch / world),
+  `launcher.nodes`, `launcher.tasks_per_node` (ranks per node) and `launcher.gpu_type` (None = unknown GPU).
 - `format_plan(jobs, gpu_type, mfu) -> str`: the table. `check_fits(sweep)`: UserError for the first job that
   cannot fit (memory, or time limit x (1 + requeues)).
 
@@ -306,13 +305,13 @@ def plan_job(cfg, role: str, node, mfu: float = 0.4, gpu_type: Optional[str] = N
     """The plan of node `node` playing `role` in run config `cfg` (an ExperimentConfig); `gpu_type` overrides
     `launcher.gpu_type`."""
     launcher = cfg.launcher
-    spec = gpu_spec(gpu_type or getattr(launcher, "gpu_type", None))
+    spec = gpu_spec(gpu_type or launcher.gpu_type)
     job = JobPlan(role=role, stage=node.stage, artifact=node.id)
     n_train = _num_images(cfg, "train")
     if role in ("gpt", "stage2"):
         gcfg, tcfg = _stage_gpt(cfg, role)
-        world = getattr(launcher, "nodes", 1) * max(1, launcher.tasks_per_node)
-        micro = getattr(tcfg, "micro_batch_size", None) or max(1, tcfg.batch_size // (world * tcfg.grad_accum))
+        world = launcher.nodes * max(1, launcher.tasks_per_node)
+        micro = tcfg.micro_batch_size or max(1, tcfg.batch_size // world)
         job.world, job.micro_batch = world, micro
         job.accum = -(-tcfg.batch_size // (world * micro))
         job.params = gpt_params(gcfg)

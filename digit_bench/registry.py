@@ -80,23 +80,32 @@ DATASETS.add("synthetic", "digit_bench.data:synthetic", "seeded class-coloured s
 # Backbones: frozen feature extractors whose patch features K-Means turns into tokens.
 BACKBONES = Registry("backbone")
 _TIMM = "digit_bench.backbones:timm_backbone"
+_DINOV2 = "https://dl.fbaipublicfiles.com/dinov2/dinov2_vit{s}14/"
+# Release weight files (`release_file`, where to get it in `release_url`): the file a `weights:` map or
+# backbone.weights names for the paper's runs; backbones without timm weights (`external_weights`) need it.
 for _size in ("small", "base", "large", "giant"):
     _s = _size[0]
-    BACKBONES.add(f"dinov2_vit{_s}14", _TIMM, f"DINOv2 ViT-{_s.upper()}/14", model_name=f"vit_{_size}_patch14_dinov2.lvd142m")
+    BACKBONES.add(f"dinov2_vit{_s}14", _TIMM, f"DINOv2 ViT-{_s.upper()}/14", model_name=f"vit_{_size}_patch14_dinov2.lvd142m",
+                  release_file=f"dinov2_vit{_s}14_pretrain.pth", release_url=_DINOV2.format(s=_s))
     BACKBONES.add(f"dinov2_vit{_s}14_reg4", _TIMM, f"DINOv2 ViT-{_s.upper()}/14 with 4 registers (paper: B base, L large)",
-                  model_name=f"vit_{_size}_patch14_reg4_dinov2.lvd142m")
+                  model_name=f"vit_{_size}_patch14_reg4_dinov2.lvd142m", release_file=f"dinov2_vit{_s}14_reg4_pretrain.pth",
+                  release_url=_DINOV2.format(s=_s))
 BACKBONES.add("dino_vitb16", _TIMM, "DINO v1 ViT-B/16", model_name="vit_base_patch16_224.dino")
 BACKBONES.add("dino_vits16", _TIMM, "DINO v1 ViT-S/16", model_name="vit_small_patch16_224.dino")
-BACKBONES.add("mae_vitb16", _TIMM, "MAE ViT-B/16 (reconstructive SSL)", model_name="vit_base_patch16_224.mae")
+BACKBONES.add("mae_vitb16", _TIMM, "MAE ViT-B/16 (reconstructive SSL)", model_name="vit_base_patch16_224.mae",
+              release_file="mae_pretrain_vit_base.pth", release_url="https://dl.fbaipublicfiles.com/mae/pretrain/")
 BACKBONES.add("mae_vitl16", _TIMM, "MAE ViT-L/16 (reconstructive SSL)", model_name="vit_large_patch16_224.mae")
 BACKBONES.add("clip_vitb16", _TIMM, "OpenAI CLIP ViT-B/16 image tower", model_name="vit_base_patch16_clip_224.openai")
 BACKBONES.add("beitv2_vitb16", _TIMM, "BEiT v2 ViT-B/16 (masked image modelling, in1k fine-tuned)",
               model_name="beitv2_base_patch16_224.in1k_ft_in1k")
 BACKBONES.add("ijepa_vith14", _TIMM, "I-JEPA ViT-H/14", model_name="vit_huge_patch14_gap_224.in1k_ijepa")
 BACKBONES.add("mocov3_vitb16", _TIMM, "MoCo v3 ViT-B/16 (not in timm: needs `backbone.weights: <file>`)",
-              model_name="vit_base_patch16_224", external_weights="MoCo v3 vit-b-300ep.pth.tar from the MoCo v3 release")
+              model_name="vit_base_patch16_224", external_weights="MoCo v3 vit-b-300ep.pth.tar from the MoCo v3 release",
+              release_file="vit-b-300ep.pth.tar", release_url="https://dl.fbaipublicfiles.com/moco-v3/vit-b-300ep/")
 BACKBONES.add("ibot_vitb16", _TIMM, "iBOT ViT-B/16 (not in timm: needs `backbone.weights: <file>`)",
-              model_name="vit_base_patch16_224", external_weights="iBOT checkpoint_teacher.pth from the iBOT release")
+              model_name="vit_base_patch16_224", external_weights="iBOT checkpoint_teacher.pth from the iBOT release",
+              release_file="checkpoint_teacher.pth",
+              release_url="the iBOT README (github.com/bytedance/ibot), ViT-B/16 ImageNet-1k pretrained teacher")
 BACKBONES.add("random_vit", "digit_bench.backbones:random_vit", "seeded random-init timm ViT (CPU tests, a no-learning control)")
 BACKBONES.add("pixels", "digit_bench.backbones:pixels", "raw pixel patches as features (a no-network control)")
 for _name, _doc in (("dino_tiny", "DINO self-distillation"), ("mae_tiny", "MAE masked reconstruction"),

@@ -349,8 +349,6 @@ def pretrain(method: str, images: np.ndarray, labels: np.ndarray, cfg: SSLConfig
     if images.ndim != 4 or images.shape[1:] != (S, S, 3) or images.dtype != np.uint8:
         raise UserError(f"pretraining images are {images.dtype} {images.shape}, expected uint8 (N, {S}, {S}, 3); "
                         f"set data.image_size to ssl.image_size={S}")
-    if cfg.train.batch_size % cfg.train.grad_accum:
-        raise UserError(f"ssl.train.batch_size={cfg.train.batch_size} must divide by ssl.train.grad_accum")
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     labels = np.asarray(labels, dtype=np.int64)
@@ -359,7 +357,7 @@ def pretrain(method: str, images: np.ndarray, labels: np.ndarray, cfg: SSLConfig
         model = build_objective(method, cfg, num_classes=int(labels.max()) + 1)
 
     def batch_fn(step: int, rank: int, world_size: int) -> list[dict]:
-        accum = cfg.train.grad_accum
+        accum = cfg.train.accumulation(world_size)[1]
         micro = split_batch(make_batch(method, images, labels, cfg, seed, step), world_size * accum)
         return micro[rank * accum:(rank + 1) * accum]
 

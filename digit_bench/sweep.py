@@ -195,8 +195,9 @@ def compute_distributed(store: Store, spec: dict, rank: int) -> Artifact:
 def executor_for(cluster: str, launcher: LauncherConfig, folder: Path, training: bool):
     """A submitit executor for `local` or `slurm` with the launcher block's resources.
 
-    On SLURM a training job gets `tasks_per_node` tasks (DDP ranks) and `gpus_per_node` GPUs, one per task when the
-    two are equal (config.check_names); every other job is one task on at most one GPU. GPUs are asked per node, not
+    On SLURM a training job gets `nodes` nodes of `tasks_per_node` tasks (DDP ranks) and `gpus_per_node` GPUs, one per
+    task when the two are equal (config.check_names); every other job is one task on at most one GPU. Multi-node
+    ranks meet through submitit's environment (the first node of the job list is the master; distributed_setup). GPUs are asked per node, not
     per task: `--gpus-per-task` makes srun bind each task to its own GPU, renumbered cuda:0, and the stages pick
     cuda:LOCAL_RANK (see distributed_setup).
     """
@@ -210,7 +211,8 @@ def executor_for(cluster: str, launcher: LauncherConfig, folder: Path, training:
         extra = {k: v for k, v in (("account", launcher.account), ("qos", launcher.qos)) if v}
         gpus = launcher.gpus_per_node if training else min(1, launcher.gpus_per_node)
         params.update(slurm_partition=launcher.partition, gpus_per_node=gpus or None,
-                      tasks_per_node=launcher.tasks_per_node if training else 1, cpus_per_task=launcher.cpus_per_task,
+                      tasks_per_node=launcher.tasks_per_node if training else 1, nodes=launcher.nodes if training else 1,
+                      cpus_per_task=launcher.cpus_per_task,
                       mem_gb=launcher.mem_gb, slurm_array_parallelism=launcher.array_parallelism,
                       slurm_additional_parameters=extra)
     ex.update_parameters(**params)  # None means unset
@@ -282,7 +284,7 @@ def _run_wave(nodes: list[Node], store: Store, cluster: str, launcher: LauncherC
                 if group:
                     ex = executor_for(cluster, launcher, folder, training)
                     array = ex.map_array(job_fn, [n.spec() for n in group])
-                    if training and launcher.tasks_per_node > 1:
+                    if training and launcher.tasks_per_node * launcher.nodes > 1:
                         # the outcome of a DDP job is task 0's: it publishes the artifact, the other tasks only join
                         # its collectives (and leave an error result when task 0 requeues the job on preemption)
                         array = [job.task(0) for job in array]
@@ -420,7 +422,7 @@ def _setup_logging(debug: bool = False) -> None:
 
 def add_sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("yaml", help="sweep file, e.g. ablations/backbones.yaml")
-    p.add_argument("--profile", default=None, help="smoke | tiny (default) | paper")
+    p.add_argument("--profile", default=None, help="smoke | tiny (default) | paper | paper_long")
     p.add_argument("--root", default=None, help="artifact root (default $DIGIT_BENCH_ROOT or ./runs)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="dotted override, repeatable")
 
@@ -434,7 +436,9 @@ def run_sweep(args: argparse.Namespace) -> dict:
         return {"sweep": sweep.name, "profile": sweep.profile, "runs": len(sweep.runs),
                 "artifacts": sum(len(w) for w in plan.waves), "run_ids": [r.run_id for r in sweep.runs]}
     from digit_bench.plan import check_fits
+    from digit_bench.preflight import check_files
 
+    check_files(sweep)  # every weight file and data folder, before any job starts
     check_fits(sweep)  # a job that cannot fit its launcher block is refused before anything is submitted
     launcher = sweep.runs[0].cfg.launcher
     cluster = args.cluster or launcher.cluster

@@ -100,8 +100,9 @@ def fit(model: nn.Module, loss_fn: LossFn, batch_fn: BatchFn, cfg: TrainConfig, 
 
     Args:
         loss_fn: (model, micro_batch) -> ({group: loss}, {name: float to log}); one loss per parameter group.
-        batch_fn: (step, rank, world_size) -> list of cfg.grad_accum micro-batches (tensors, or tuples/lists/dicts
-            of tensors, moved to the device here); must be a pure function of (seed, step) for exact resume.
+        batch_fn: (step, rank, world_size) -> list of `cfg.accumulation(world_size)[1]` micro-batches of this rank
+            (tensors, or tuples/lists/dicts of tensors, moved to the device here); must be a pure function of
+            (seed, step) for exact resume. `micro_batches(cfg, rank, world)` splits a global batch for it.
         cfg: optimizer, schedule, accumulation, clipping, EMA, checkpoint and precision settings.
         work_dir: holds ckpt.pt and log.jsonl; created if missing.
         seed: seeds each update's dropout randomness together with the step and rank.
@@ -111,7 +112,7 @@ def fit(model: nn.Module, loss_fn: LossFn, batch_fn: BatchFn, cfg: TrainConfig, 
 
     Returns:
         steps, start_step, losses (the last update's "loss/<group>" values and loss_fn's logged scalars, averaged
-        over micro-batches and ranks), wall_s, items_per_s,
+        over micro-batches and ranks), wall_s, items_per_s, world_size x micro_batch_size x grad_accum (= batch_size),
         tokens_per_s (None unless micro-batches start with an integer tensor of token ids).
     """
     work_dir = Path(work_dir)
@@ -119,6 +120,7 @@ def fit(model: nn.Module, loss_fn: LossFn, batch_fn: BatchFn, cfg: TrainConfig, 
     ckpt_path, log_path = work_dir / "ckpt.pt", work_dir / "log.jsonl"
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    micro, accum = cfg.accumulation(world)
     device = device_for(cfg.precision)
     model.to(device)
 
@@ -168,9 +170,9 @@ def fit(model: nn.Module, loss_fn: LossFn, batch_fn: BatchFn, cfg: TrainConfig, 
             t_step = time.perf_counter()
             torch.manual_seed(int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0]))
             micro_batches = batch_fn(step, rank, world)
-            if len(micro_batches) != cfg.grad_accum:
-                raise UserError(f"batch_fn gave {len(micro_batches)} micro-batches for step {step}; "
-                                f"train.grad_accum is {cfg.grad_accum}: make them agree")
+            if len(micro_batches) != accum:
+                raise UserError(f"batch_fn gave {len(micro_batches)} micro-batches for step {step}; batch_size "
+                                f"{cfg.batch_size} on {world} ranks x micro_batch_size {micro} needs {accum}")
             if tokens_per_item is None:
                 tokens_per_item = _tokens_per_item(micro_batches[0])
             for opt in optimizers.values():
@@ -233,8 +235,17 @@ def fit(model: nn.Module, loss_fn: LossFn, batch_fn: BatchFn, cfg: TrainConfig, 
     items_per_s = cfg.batch_size * (step - start_step) / wall_s if step > start_step else None
     return {
         "steps": step, "start_step": start_step, "losses": losses, "wall_s": wall_s, "items_per_s": items_per_s,
+        "world_size": world, "micro_batch_size": micro, "grad_accum": accum,
         "tokens_per_s": items_per_s * tokens_per_item if items_per_s and tokens_per_item else None,
     }
+
+
+def micro_batches(cfg: TrainConfig, rank: int, world: int) -> list[np.ndarray]:
+    """Positions in the global batch (0..batch_size-1) of each micro-batch of `rank`: rank r takes the r-th
+    contiguous block of batch_size / world items and splits it into the accumulation steps, so any world x accum
+    factorisation of one global batch sees the same items."""
+    micro, accum = cfg.accumulation(world)
+    return list(np.arange(rank * micro * accum, (rank + 1) * micro * accum).reshape(accum, micro))
 
 
 def _adamw(params: list[nn.Parameter], cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:

@@ -117,3 +117,11 @@ def test_every_shipped_sweep_validates_in_every_profile():
             continue
         for profile in ("smoke", "tiny", "paper"):
             assert load_sweep(f, profile).runs, f
+
+
+def test_token_views_start_with_identity_and_take_random_crops():
+    runs = load_sweep(ABL / "backbones.yaml", "smoke", ["tokenizer.views=[identity, hflip, crop0, crop1]"]).runs
+    assert runs[0].cfg.tokenizer.views == ("identity", "hflip", "crop0", "crop1")
+    for bad in ("[hflip, identity]", "[identity, crop]", "[identity, identity]"):
+        with pytest.raises(UserError, match="starting with identity"):
+            load_sweep(ABL / "backbones.yaml", "smoke", [f"tokenizer.views={bad}"])

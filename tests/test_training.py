@@ -35,7 +35,7 @@ def tiny_gpt(init_seed: int = 0, dropout: float = 0.1) -> GPT:
 
 
 def train_cfg(**overrides) -> TrainConfig:
-    cfg = dict(steps=10, batch_size=8, grad_accum=2, lr=3e-3, warmup_steps=3, checkpoint_every=4, ema=0.9)
+    cfg = dict(steps=10, batch_size=8, micro_batch_size=4, lr=3e-3, warmup_steps=3, checkpoint_every=4, ema=0.9)
     return TrainConfig(**{**cfg, **overrides})
 
 
@@ -44,7 +44,7 @@ def batches(cfg: TrainConfig, seed: int = 0):
     def batch_fn(step, rank, world):
         rows = torch.randperm(N, generator=torch.Generator().manual_seed(seed * 100_003 + step))[:cfg.batch_size]
         mine = rows.view(world, -1)[rank]  # (batch_size / world,)
-        return list(DATA[mine].chunk(cfg.grad_accum))  # grad_accum x (B_micro, T)
+        return list(DATA[mine].chunk(cfg.accumulation(world)[1]))  # accum x (B_micro, T)
     return batch_fn
 
 
@@ -85,7 +85,7 @@ def test_non_finite_loss_raises_and_keeps_last_checkpoint(tmp_path):
 
     def loss_fn(model, idx):
         calls.append(1)
-        poison = math.nan if len(calls) > 2 * 4 else 1.0  # grad_accum 2: update 5 is poisoned
+        poison = math.nan if len(calls) > 2 * 4 else 1.0  # 2 micro-batches: update 5 is poisoned
         return {"main": model.loss(idx) * poison}, {}
 
     model = tiny_gpt()
@@ -101,7 +101,7 @@ def _ddp_worker(rank: int, world: int, tmp: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=world)
     torch.set_num_threads(1)
     training.device_for = cpu  # a fresh process: the fixture's patch does not reach it
-    cfg = train_cfg(steps=2, grad_accum=1, ema=0.0)
+    cfg = train_cfg(steps=2, micro_batch_size=None, ema=0.0)
     model = tiny_gpt(init_seed=rank, dropout=0.0)  # rank 1 starts different: rank 0's weights must be broadcast
     grads = {}
     fit(model, gpt_loss(0.1), batches(cfg), cfg, f"{tmp}/ddp", seed=0,
@@ -112,7 +112,7 @@ def _ddp_worker(rank: int, world: int, tmp: str) -> None:
 
 def test_two_process_gloo_equals_one_process_on_the_combined_batch(tmp_path):
     mp.spawn(_ddp_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
-    cfg = train_cfg(steps=2, grad_accum=1, ema=0.0)
+    cfg = train_cfg(steps=2, micro_batch_size=None, ema=0.0)
     single = tiny_gpt(init_seed=0, dropout=0.0)
     grads = {}
     fit(single, gpt_loss(0.1), batches(cfg), cfg, tmp_path / "single", seed=0,

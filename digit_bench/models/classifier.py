@@ -83,7 +83,8 @@ def augment(images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
 
 def train_classifier(images: np.ndarray, labels: np.ndarray, cfg: TrainConfig, work_dir: Path, *, seed: int,
                      num_classes: int, width: int = 32) -> dict:
-    """Train the classifier on uint8 (N, H, W, 3) images; writes `work_dir/classifier.pt` (EMA weights if cfg.ema > 0).
+    """Train the classifier on uint8 (N, H, W, 3) images (an array, or folder `data.Images` decoded per batch);
+    writes `work_dir/classifier.pt` (EMA weights if cfg.ema > 0).
 
     Each step draws `cfg.batch_size` images uniformly with replacement, from a generator seeded by (seed, step),
     so a resumed run sees exactly the batches an uninterrupted one would.
@@ -92,7 +93,6 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, cfg: TrainConfig, w
         training.fit's stats plus `path` (the classifier file).
     """
     work_dir = Path(work_dir)
-    data = torch.from_numpy(np.ascontiguousarray(images))  # (N, H, W, 3) uint8
     targets = torch.as_tensor(np.asarray(labels), dtype=torch.long)  # (N,)
     with torch.random.fork_rng():  # seeded init without touching the caller's global RNG
         torch.manual_seed(seed)
@@ -100,9 +100,10 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, cfg: TrainConfig, w
 
     def batch_fn(step: int, rank: int, world_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         rng = np.random.default_rng([seed, step])
-        idx = torch.from_numpy(rng.integers(0, len(data), cfg.batch_size))[rank::world_size]  # (B / world,)
-        x = augment(data[idx], rng)  # (B / world, 3, H, W) uint8
-        return list(zip(x.chunk(cfg.grad_accum), targets[idx].chunk(cfg.grad_accum)))
+        idx = torch.from_numpy(rng.integers(0, len(images), cfg.batch_size))[rank::world_size]  # (B / world,)
+        x = augment(torch.from_numpy(np.ascontiguousarray(images[idx.numpy()])), rng)  # (B / world, 3, H, W) uint8
+        accum = cfg.accumulation(world_size)[1]
+        return list(zip(x.chunk(accum), targets[idx].chunk(accum)))
 
     def loss_fn(m: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[dict, dict]:
         x, y = batch  # (B, 3, H, W) uint8, (B,)

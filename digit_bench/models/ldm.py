@@ -101,7 +101,7 @@ def rank_slices(batch_size: int, grad_accum: int, rank: int, world_size: int) ->
     per_micro = batch_size // (world_size * grad_accum)
     if per_micro * world_size * grad_accum != batch_size:
         raise UserError(f"train.batch_size {batch_size} must divide by world size x grad_accum "
-                        f"({world_size} x {grad_accum}); change train.batch_size or train.grad_accum")
+                        f"({world_size} x {grad_accum}); change train.batch_size or train.micro_batch_size")
     start = rank * grad_accum * per_micro
     return [slice(start + i * per_micro, start + (i + 1) * per_micro) for i in range(grad_accum)]
 
@@ -166,7 +166,7 @@ def train_vae(images: np.ndarray, cfg: LDMConfig, work_dir: Path, seed: int) -> 
         idx = torch.randint(0, n, (train.batch_size,), generator=gen).numpy()  # (B,) with replacement
         eps = torch.randn((train.batch_size, *latent_shape), generator=gen)  # (B, C, h, w)
         x = torch.from_numpy(images[idx])  # (B, H, W, 3)
-        return [(x[s], eps[s]) for s in rank_slices(train.batch_size, train.grad_accum, rank, world_size)]
+        return [(x[s], eps[s]) for s in rank_slices(train.batch_size, train.accumulation(world_size)[1], rank, world_size)]
 
     loss_fn = functools.partial(vae_loss, kl_weight=cfg.kl_weight)
     stats = fit(vae, loss_fn, batch_fn, train, work_dir, seed=seed, desc="vae")
@@ -295,7 +295,7 @@ def train_ldm(latents: np.ndarray, labels: np.ndarray, cfg: LDMConfig, work_dir:
         drop = torch.rand(train.batch_size, generator=gen) < cfg.label_dropout  # (B,)
         y = torch.where(drop, num_classes, torch.from_numpy(labels[idx]).long())  # (B,)
         x0 = torch.from_numpy(latents[idx]).float()  # (B, C, h, w); rows only, so a memmap stays on disk
-        slices = rank_slices(train.batch_size, train.grad_accum, rank, world_size)
+        slices = rank_slices(train.batch_size, train.accumulation(world_size)[1], rank, world_size)
         return [(x0[s], y[s], t[s], noise[s]) for s in slices]
 
     loss_fn = functools.partial(diffusion_loss, scheduler=noise_scheduler(cfg))

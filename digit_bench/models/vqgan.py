@@ -33,7 +33,7 @@ from torch import Tensor
 from digit_bench.config import VQGANConfig
 from digit_bench.errors import UserError
 from digit_bench.models.gan_loss import AutoencoderGANLoss
-from digit_bench.training import fit, save_checkpoint
+from digit_bench.training import fit, micro_batches, save_checkpoint
 
 ARCHS = ("taming", "maskgit")
 
@@ -448,13 +448,9 @@ def train_vqgan(images: np.ndarray, cfg: VQGANConfig, work_dir: Path, seed: int,
         model = _VQGANTraining(vqgan, gan)
 
     def batch_fn(step: int, rank: int, world: int) -> list[tuple[Tensor, int]]:
-        if tcfg.batch_size % (world * tcfg.grad_accum):
-            raise UserError(f"vqgan.train.batch_size {tcfg.batch_size} must divide by world size x grad_accum "
-                            f"({world} x {tcfg.grad_accum})")
         rng = np.random.default_rng([seed, step])
         idx = rng.choice(len(images), size=tcfg.batch_size, replace=tcfg.batch_size > len(images))  # (B,)
-        mine = np.array_split(idx, world)[rank]  # (B / world,)
-        return [(torch.from_numpy(images[part]), step) for part in np.array_split(mine, tcfg.grad_accum)]
+        return [(torch.from_numpy(images[idx[m]]), step) for m in micro_batches(tcfg, rank, world)]  # (b, H, W, 3)
 
     stats = fit(model, _vqgan_loss, batch_fn, tcfg, work_dir, seed=seed,
                 param_groups={"gen": list(vqgan.parameters()), "disc": list(gan.parameters())},

@@ -22,7 +22,7 @@ def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
 
     data = build(DataConfig, cfg["data"])
     train, test = load_split(data, "train"), load_split(data, "test")
-    stats = train_classifier(train.images.all(), train.labels, build(TrainConfig, cfg["train"]), out, seed=cfg["seed"],
-                             num_classes=train.num_classes)
-    acc = evaluate_accuracy(load_classifier(out / "classifier.pt"), test.images.all(), test.labels)
+    stats = train_classifier(train.images, train.labels, build(TrainConfig, cfg["train"]), out, seed=cfg["seed"],
+                             num_classes=train.num_classes)  # batches decoded as drawn: no split held in memory
+    acc = evaluate_accuracy(load_classifier(out / "classifier.pt"), test.images, test.labels)
     return {**stats, "test_accuracy": acc, "num_classes": train.num_classes, **device_info()}

@@ -7,7 +7,6 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from digit_bench.artifacts import Artifact
@@ -47,14 +46,6 @@ def save_json(path: Path, obj: dict) -> None:
 
 def load_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
-
-
-def hflip(images: np.ndarray) -> np.ndarray:
-    """uint8 (B, H, W, 3) mirrored left-right."""
-    return np.ascontiguousarray(images[:, :, ::-1])
-
-
-VIEWS = {"identity": lambda x: x, "hflip": hflip}
 
 
 def load_gpt(art: Artifact):

@@ -57,7 +57,7 @@ def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
         images, labels = npz["images"], npz["labels"]
     row = {"label": images_art.id.rsplit("-", 1)[0], "source": images_art.manifest.get("source", ""),
            **samples_to_metrics(images, cfg, parents)}
-    if images_art.manifest.get("conditional"):
+    if images_art.manifest.get("conditional") and "classifier" in parents:
         row["class_acc"] = class_accuracy(images, labels, load_classifier(parents["classifier"] / "classifier.pt"))
     save_json(out / "metrics.json", row)
     return {"num_samples": len(images), **device_info()}

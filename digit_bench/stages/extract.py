@@ -31,6 +31,7 @@ def kept_indices(n: int, fraction: float, seed: int) -> np.ndarray:
 def images_to_features(backbone, images, index: np.ndarray, out: Path, batch_size: int) -> np.ndarray:
     """Write float16 features of images[index] into out/feats.npy, resuming from out/progress.json."""
     from digit_bench.backbones import extract
+    from digit_bench.data import iter_batches
 
     path, progress = out / "feats.npy", out / "progress.json"
     shape = (len(index), backbone.num_tokens, backbone.embed_dim)
@@ -38,8 +39,8 @@ def images_to_features(backbone, images, index: np.ndarray, out: Path, batch_siz
     feats = np.lib.format.open_memmap(path, mode="r+" if done else "w+", dtype=np.float16, shape=shape)  # (N, T, D)
     for start in range(done, len(index), CHUNK):
         stop = min(start + CHUNK, len(index))
-        extract(backbone, images[index[start:stop]], batch_size, device(), desc=f"features {start}/{len(index)}",
-                out=feats[start:stop])
+        extract(backbone, iter_batches(images, batch_size, index[start:stop]), batch_size, device(),
+                desc=f"features {start}/{len(index)}", out=feats[start:stop])
         feats.flush()
         save_json(progress, {"done": stop})
     return feats

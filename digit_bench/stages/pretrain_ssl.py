@@ -23,6 +23,6 @@ def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
 
     data = build(DataConfig, cfg["data"])
     train, val = load_split(data, "train"), load_split(data, "val")
-    stats = pretrain(cfg["method"], train.images.all(), train.labels, build(SSLConfig, cfg["ssl"]), out, cfg["seed"],
-                     eval_images=val.images.all(), eval_labels=val.labels)
+    stats = pretrain(cfg["method"], train.images, train.labels, build(SSLConfig, cfg["ssl"]), out, cfg["seed"],
+                     eval_images=val.images, eval_labels=val.labels)  # batches decoded as drawn
     return {**stats, "method": cfg["method"], **device_info()}

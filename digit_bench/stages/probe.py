@@ -8,6 +8,7 @@ Output: `metrics.json` with probe_top1, probe_top5, probe_layer and the per-laye
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,17 +23,28 @@ RESUMABLE = False
 
 
 @torch.no_grad()
-def pooled_hidden_states(model, tokens: np.ndarray, batch_size: int = 256) -> list[torch.Tensor]:
-    """Per layer, mean-pooled hidden states (N, D) of token sequences (N, T)."""
-    per_layer: list[list[torch.Tensor]] = []
-    for start in tqdm(range(0, len(tokens), batch_size), desc="probe features", unit="batch"):
-        x = torch.from_numpy(tokens[start:start + batch_size].astype(np.int64)).to(device())  # (B, T)
+def pooled_hidden_states(model, tokens: np.ndarray, rows: np.ndarray | None = None, batch_size: int = 256,
+                         out: Path | None = None, name: str = "") -> list[torch.Tensor]:
+    """Per layer, mean-pooled hidden states (N, D) float32 of token sequences tokens[rows] (N, T).
+
+    With `out`, each layer's features are a memory-mapped `out/<name>_L<l>.npy` written batch by batch and returned
+    as tensors over those maps: memory does not grow with N, the probe heads read their batches from disk.
+    """
+    rows = np.arange(len(tokens)) if rows is None else rows
+    per_layer: list[np.ndarray] = []
+    for start in tqdm(range(0, len(rows), batch_size), desc="probe features", unit="batch"):
+        x = torch.from_numpy(np.asarray(tokens[rows[start:start + batch_size]]).astype(np.int64)).to(device())  # (B, T)
         states = model.hidden_states(x)  # L+1 x (B, T, D)
+        if not per_layer:
+            shape = [(len(rows), h.shape[-1]) for h in states]
+            per_layer = [np.empty(sh, np.float32) if out is None else
+                         np.lib.format.open_memmap(out / f"{name}_L{i}.npy", "w+", np.float32, sh) for i, sh in enumerate(shape)]
         for i, h in enumerate(states):
-            if len(per_layer) <= i:
-                per_layer.append([])
-            per_layer[i].append(h.float().mean(1).cpu())  # (B, D)
-    return [torch.cat(chunks) for chunks in per_layer]  # L+1 x (N, D)
+            per_layer[i][start:start + len(x)] = h.float().mean(1).cpu().numpy()  # (B, D)
+    for f in per_layer:
+        if out is not None:
+            f.flush()
+    return [torch.from_numpy(f) for f in per_layer]  # L+1 x (N, D)
 
 
 def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
@@ -40,18 +52,22 @@ def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
 
     pc, tok = cfg["probe"], parents["tokens"]
     model = load_gpt(parents["gpt"])
-    train_tokens = np.load(tok / "tokens_train.npy", mmap_mode="r")[0]  # (N, T) identity view
+    train_tokens = np.load(tok / "tokens_train.npy", mmap_mode="r")[0]  # (N, T) identity view, on disk
     train_labels = np.load(tok / "labels_train.npy")
     keep = np.arange(len(train_labels))
     if pc["num_train"] is not None and pc["num_train"] < len(keep):
         keep = np.sort(np.random.default_rng(cfg["seed"]).choice(len(keep), pc["num_train"], replace=False))
     test_tokens = np.load(tok / "tokens_test.npy", mmap_mode="r")[0]
     test_labels = np.load(tok / "labels_test.npy")
-    result = train_linear_probes(pooled_hidden_states(model, np.asarray(train_tokens[keep])), torch.from_numpy(train_labels[keep]),
-                                 pooled_hidden_states(model, np.asarray(test_tokens)), torch.from_numpy(test_labels),
+    work = out / "features"  # pooled features of every layer: memory maps, deleted once the heads are trained
+    work.mkdir()
+    result = train_linear_probes(pooled_hidden_states(model, train_tokens, keep, out=work, name="train"),
+                                 torch.from_numpy(train_labels[keep]),
+                                 pooled_hidden_states(model, test_tokens, out=work, name="test"), torch.from_numpy(test_labels),
                                  lrs=pc["lrs"], epochs=pc["epochs"], batch_size=pc["batch_size"],
                                  holdout_fraction=pc["holdout_fraction"], seed=cfg["seed"],
                                  num_classes=tok.manifest["num_classes"])
+    shutil.rmtree(work)
     result["probe_curve"] = result.pop("probe_layer_top1")  # test top-1 per layer, embedding output first
     save_json(out / "metrics.json", result)
     return {"probe_top1": result["probe_top1"], "probe_layer": result["probe_layer"], **device_info()}

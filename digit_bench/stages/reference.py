@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
+
 from digit_bench.artifacts import Artifact
 from digit_bench.config import DataConfig, build
 from digit_bench.data import load_split
@@ -48,9 +50,9 @@ def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
         return {"kind": "npz", "file": name, "sha256": file_sha256(Path(name))}
     extractor = extractor_for(cfg["extractor"], cfg["weights"], parents)
     data = dataclasses.replace(build(DataConfig, cfg["data"]), name=name, num_test=cfg["num_reference"])
-    part = load_split(data, split)
+    part = load_split(data, split, resize=cfg["resize"])
     n = len(part) if cfg["num_reference"] is None else min(cfg["num_reference"], len(part))
-    ref = reference_features(part.images[:n], extractor)
+    ref = reference_features(part.images.subset(np.arange(n)), extractor)  # folder images decoded as they are read
     save_reference(ref, out / "reference.pt")
     return {"kind": "dataset", "num_images": n, "extractor": extractor.name, "weights_sha256": extractor.weights_sha256,
             "skipped_files": part.skipped, **device_info()}

@@ -4,8 +4,9 @@ Sources (`cfg.source`):
 - `samples`: stage-1 samples. DiGIT tokens go through stage 2 (AR: top-p 0.8, T 1.0, prefix KV cached once;
   MaskGIT: 8 steps, choice temperature 4.5 annealed) to VQ tokens; VQ-token samples (the VQGAN-AR baseline) go
   straight to the VQGAN decoder.
-- `ground_truth`: the DiGIT tokens of held-out (val) images through stage 2: the paper's "DiGIT + VQ" ceiling.
-- `reconstruction`: the VQ tokens of held-out images decoded: the paper's "VQ only" ceiling.
+- `ground_truth`: the DiGIT tokens of held-out images (`split`: val, or test = ImageNet val on the paper profile)
+  through stage 2: the paper's "DiGIT + VQ" ceiling.
+- `reconstruction`: the VQ tokens of the same held-out images decoded: the paper's "VQ only" ceiling.
 Sample i of the stage-2 decoder uses seed `sample_seed + i`, whatever the batch size.
 """
 
@@ -51,9 +52,9 @@ def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
     vqgan = load_vqgan(parents["vqgan"])
     if cfg["source"] == "samples":
         tokens, labels = np.load(parents["samples"] / "tokens.npy"), np.load(parents["samples"] / "labels.npy")
-    else:  # held-out images: the val split, identity view, as many as the generators sample
-        tokens = np.load(parents["tokens"] / "tokens_val.npy", mmap_mode="r")[0]  # (N, T)
-        labels = np.load(parents["tokens"] / "labels_val.npy")
+    else:  # held-out images (eval.ceiling_split), identity view
+        tokens = np.load(parents["tokens"] / f"tokens_{cfg['split']}.npy", mmap_mode="r")[0]  # (N, T)
+        labels = np.load(parents["tokens"] / f"labels_{cfg['split']}.npy")
     kind, decoder = load_decoder(parents["stage2"]) if "stage2" in parents else ("", None)
     images = tokens_to_images(np.asarray(tokens), vqgan, decoder, kind, cfg.get("stage2"), cfg.get("sample_seed", 0),
                               cfg["batch_size"])  # (N, H, W, 3)

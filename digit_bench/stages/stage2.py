@@ -56,7 +56,7 @@ def decoder_arch(s2: Stage2Config, digit: dict, vq: dict) -> dict:
 def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
     from digit_bench.models.gpt import GPT_SIZES
     from digit_bench.models.maskgit import random_mask
-    from digit_bench.training import fit
+    from digit_bench.training import fit, micro_batches
 
     s2 = build(Stage2Config, cfg["stage2"])
     if s2.size not in GPT_SIZES:
@@ -79,10 +79,9 @@ def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
         rng = np.random.default_rng([seed, step])
         idx, view = rng.integers(0, N, tcfg.batch_size), rng.integers(0, V, tcfg.batch_size)  # (B,), (B,)
         mask = random_mask(tcfg.batch_size, target_all.shape[-1], torch.Generator().manual_seed(seed * 1_000_003 + step))
-        mine = np.array_split(np.arange(tcfg.batch_size), world)[rank]
         return [(torch.from_numpy(prefix_all[view[m], idx[m]].astype(np.int64)).to(device()),  # (b, Tp)
                  torch.from_numpy(target_all[view[m], idx[m]].astype(np.int64)).to(device()),  # (b, T)
-                 mask[m].to(device())) for m in np.array_split(mine, tcfg.grad_accum)]  # (b, T)
+                 mask[m].to(device())) for m in micro_batches(tcfg, rank, world)]  # (b, T)
 
     def loss_fn(m, batch):
         prefix, target, mask = batch

@@ -18,7 +18,7 @@ from digit_bench.artifacts import Artifact
 from digit_bench.config import DataConfig, build
 from digit_bench.data import load_split
 from digit_bench.errors import UserError
-from digit_bench.stages.common import VIEWS, backbone_from, device, device_info
+from digit_bench.stages.common import backbone_from, device, device_info
 
 VERSION = 1
 RESUMABLE = False
@@ -27,25 +27,39 @@ SPLITS = ("train", "val", "test")
 
 @torch.no_grad()
 def images_to_tokens(backbone, centroids: np.ndarray, images, views: list[str], batch_size: int,
-                     backend: str = "faiss", spherical: bool = False, desc: str = "tokens") -> tuple[np.ndarray, np.ndarray]:
-    """uint16 tokens (V, N, T) and float16 pooled identity features (N, D) of uint8 images (N, H, W, 3)."""
+                     backend: str = "faiss", spherical: bool = False, desc: str = "tokens",
+                     out: Path | None = None, split: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """uint16 tokens (V, N, T) and float16 pooled identity features (N, D) of uint8 images (N, H, W, 3).
+
+    With `out`, both are memory-mapped files `out/tokens_<split>.npy` and `out/pooled_<split>.npy` filled batch by
+    batch (images streamed by data.iter_batches), so memory does not grow with the number of images.
+    """
+    from digit_bench.data import iter_batches
     from digit_bench.tokenizers.kmeans import assign
 
     dev = device()
     backbone = backbone.to(dev).eval()
     n, T, D = len(images), backbone.num_tokens, backbone.embed_dim
-    tokens = np.empty((len(views), n, T), np.uint16)  # (V, N, T)
-    pooled = np.empty((n, D), np.float16)  # (N, D)
-    for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch"):
-        batch = images[start:start + batch_size]  # (B, H, W, 3) uint8
-        for v, view in enumerate(views):
-            x = torch.from_numpy(VIEWS[view](batch)).to(dev)
+    if out is None:
+        tokens = np.empty((len(views), n, T), np.uint16)  # (V, N, T)
+        pooled = np.empty((n, D), np.float16)  # (N, D)
+    else:
+        tokens = np.lib.format.open_memmap(out / f"tokens_{split}.npy", "w+", np.uint16, (len(views), n, T))  # (V, N, T)
+        pooled = np.lib.format.open_memmap(out / f"pooled_{split}.npy", "w+", np.float16, (n, D))  # (N, D)
+    for v, view in enumerate(views):  # each view decoded on its own: crop<i> views crop the uncropped image
+        start = 0
+        for batch in tqdm(iter_batches(images, batch_size, view=view), desc=f"{desc} {view}", unit="batch",
+                          total=-(-n // batch_size)):
+            x = torch.from_numpy(batch).to(dev)  # (B, H, W, 3) uint8
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                 feats = backbone(x).float()  # (B, T, D)
             ids = assign(feats.reshape(-1, D).cpu().numpy(), centroids, backend=backend, spherical=spherical)  # (B*T,)
             tokens[v, start:start + len(batch)] = ids.reshape(len(batch), T)
             if view == "identity":
                 pooled[start:start + len(batch)] = feats.mean(1).cpu().numpy()  # (B, D)
+            start += len(batch)
+    if out is not None:
+        tokens.flush(), pooled.flush()
     return tokens, pooled
 
 
@@ -61,11 +75,9 @@ def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
     counts = {}
     for split in SPLITS:
         part = load_split(data, split)
-        tokens, pooled = images_to_tokens(backbone, centroids, part.images, cfg["views"], cfg["batch_size"],
-                                          backend=backend, spherical=cfg["spherical"], desc=f"tokens {split}")
-        np.save(out / f"tokens_{split}.npy", tokens)
+        images_to_tokens(backbone, centroids, part.images, cfg["views"], cfg["batch_size"], backend=backend,
+                         spherical=cfg["spherical"], desc=f"tokens {split}", out=out, split=split)
         np.save(out / f"labels_{split}.npy", part.labels)
-        np.save(out / f"pooled_{split}.npy", pooled)
         counts[split] = len(part)
     return {"tokenizer": "kmeans", "vocab_size": len(centroids), "grid": backbone.grid, "seq_len": backbone.num_tokens,
             "views": cfg["views"], "counts": counts, "num_classes": part.num_classes, "embed_dim": backbone.embed_dim,

@@ -22,19 +22,22 @@ VERSION = 1
 RESUMABLE = True
 
 
-def token_batches(tokens: np.ndarray, labels: np.ndarray, batch_size: int, grad_accum: int, seed: int):
-    """batch_fn for training.fit: (step, rank, world) -> list of (tokens (b, T) long, labels (b,) long) micro-batches."""
+def token_batches(tokens: np.ndarray, labels: np.ndarray, tcfg: TrainConfig, seed: int):
+    """batch_fn for training.fit: (step, rank, world) -> list of (tokens (b, T) long, labels (b,) long) micro-batches.
+
+    The global batch of a step is the same whatever the world size and accumulation: 1 rank x batch B, 1 rank x 4
+    micro-batches and 2 ranks x 2 micro-batches train on the same sequences (tests/test_training.py)."""
+    from digit_bench.training import micro_batches
+
     V, N, _ = tokens.shape
 
     def batch_fn(step: int, rank: int, world: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         rng = np.random.default_rng([seed, step])
-        idx = rng.integers(0, N, batch_size)  # (B,) the whole global batch, identical on every rank
-        view = rng.integers(0, V, batch_size)  # (B,)
-        mine = np.array_split(np.arange(batch_size), world)[rank]
-        micro = np.array_split(mine, grad_accum)
+        idx = rng.integers(0, N, tcfg.batch_size)  # (B,) the whole global batch, identical on every rank
+        view = rng.integers(0, V, tcfg.batch_size)  # (B,)
         dev = device()
         return [(torch.from_numpy(tokens[view[m], idx[m]].astype(np.int64)).to(dev),  # (b, T)
-                 torch.from_numpy(labels[idx[m]]).to(dev)) for m in micro]  # (b,)
+                 torch.from_numpy(labels[idx[m]]).to(dev)) for m in micro_batches(tcfg, rank, world)]  # (b,)
 
     return batch_fn
 
@@ -58,7 +61,7 @@ def tokens_to_checkpoint(tokens: np.ndarray, labels: np.ndarray, meta: dict, gcf
         loss = m.loss(x, y if conditional else None, label_smoothing=tcfg.label_smoothing)
         return {"main": loss}, {"loss": loss.item()}
 
-    stats = fit(model, loss_fn, token_batches(tokens, labels, tcfg.batch_size, tcfg.grad_accum, seed), tcfg, out,
+    stats = fit(model, loss_fn, token_batches(tokens, labels, tcfg, seed), tcfg, out,
                 seed=seed, desc=f"gpt {gcfg.size}")
     n_tokens = tcfg.steps * tcfg.batch_size * meta["seq_len"]
     return {**stats, "params": model.num_params(), "flops": model.flops_per_token() * n_tokens}

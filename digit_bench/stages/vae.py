@@ -30,5 +30,5 @@ def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
         vae = load_vae(lcfg.vae_weights)
         return {"vae_folder": str(Path(lcfg.vae_weights).resolve()), "params": sum(p.numel() for p in vae.parameters())}
     train = load_split(build(DataConfig, cfg["data"]), "train")
-    _, stats = train_vae(train.images.all(), lcfg, out, cfg["seed"])
+    _, stats = train_vae(train.images, lcfg, out, cfg["seed"])  # batches decoded as drawn
     return {**stats, "vae_folder": "vae", **device_info()}

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from digit_bench.artifacts import Artifact
 from digit_bench.config import DataConfig, build
 from digit_bench.data import load_split
-from digit_bench.stages.common import VIEWS, device, device_info
+from digit_bench.stages.common import device, device_info
 from digit_bench.stages.tokenize import SPLITS
 from digit_bench.stages.vqgan import load_vqgan
 
@@ -23,18 +23,26 @@ RESUMABLE = False
 
 
 @torch.no_grad()
-def images_to_vq_tokens(vqgan, images, views: list[str], batch_size: int = 256, desc: str = "vq tokens") -> np.ndarray:
-    """uint16 codes (V, N, h*w) of uint8 images (N, H, W, 3)."""
+def images_to_vq_tokens(vqgan, images, views: list[str], batch_size: int = 256, desc: str = "vq tokens",
+                        path: Path | None = None) -> np.ndarray:
+    """uint16 codes (V, N, h*w) of uint8 images (N, H, W, 3); with `path`, a memory-mapped .npy filled batch by batch."""
+    from digit_bench.data import iter_batches
+
     n = len(images)
     out = None
-    for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch"):
-        batch = images[start:start + batch_size]  # (B, H, W, 3)
-        for v, view in enumerate(views):
-            x = torch.from_numpy(VIEWS[view](batch)).to(device()).permute(0, 3, 1, 2).float() / 255  # (B, 3, H, W)
+    for v, view in enumerate(views):  # the same views (crops) as the K-Means tokens: stage 2 pairs them
+        start = 0
+        for batch in tqdm(iter_batches(images, batch_size, view=view), desc=f"{desc} {view}", unit="batch",
+                          total=-(-n // batch_size)):
+            x = torch.from_numpy(batch).to(device()).permute(0, 3, 1, 2).float() / 255  # (B, 3, H, W)
             _, idx, _ = vqgan.encode(x)  # (B, h, w)
             if out is None:
-                out = np.empty((len(views), n, idx[0].numel()), np.uint16)  # (V, N, T)
+                shape = (len(views), n, idx[0].numel())  # (V, N, T)
+                out = np.empty(shape, np.uint16) if path is None else np.lib.format.open_memmap(path, "w+", np.uint16, shape)
             out[v, start:start + len(batch)] = idx.flatten(1).cpu().numpy()
+            start += len(batch)
+    if path is not None:
+        out.flush()
     return out
 
 
@@ -44,8 +52,8 @@ def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
     counts = {}
     for split in SPLITS:
         part = load_split(data, split)
-        tokens = images_to_vq_tokens(vqgan, part.images, cfg["views"], desc=f"vq tokens {split}")
-        np.save(out / f"tokens_{split}.npy", tokens)
+        tokens = images_to_vq_tokens(vqgan, part.images, cfg["views"], desc=f"vq tokens {split}",
+                                     path=out / f"tokens_{split}.npy")
         np.save(out / f"labels_{split}.npy", part.labels)
         counts[split] = len(part)
     T = tokens.shape[-1]

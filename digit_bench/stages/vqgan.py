@@ -43,7 +43,7 @@ def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
     else:
         from digit_bench.models.vqgan import train_vqgan
 
-        train = load_split(data, "train").images.all()
+        train = load_split(data, "train").images  # batches decoded as drawn: no split held in memory
         stats = train_vqgan(train, vcfg, out, cfg["seed"], held_images=held, arch=vcfg.arch)
     save_json(out / "vqgan.json", {"vqgan": cfg["vqgan"], "resolution": data.image_size, "arch": vcfg.arch,
                                    "external": bool(vcfg.weights), "weights": vcfg.weights or "vqgan.pt"})

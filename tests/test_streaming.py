@@ -1,0 +1,110 @@
+"""Memory that does not grow with the dataset: each streaming stage, run in a fresh process on an ImageNet-layout
+folder (class sub-folders of JPEGs written here) of N and of 4N training images, peaks at the same resident memory
+(within 15%, or one batch of images). A process that holds the split in memory (`Images.all()`) is the control: the
+same measurement sees it grow.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES, VAL_PER_CLASS, SIDE = 4, 4, 256
+BATCH = 32
+# stage settings on top of the smoke profile: ImageNet-layout folder at 256 px, a small ViT seeing 64 px
+SETS = ["data.name=imagenet", "data.image_size=256", "data.num_train=null", "data.num_val=8", "data.num_test=null",
+        "backbone.img_size=64", "backbone.patch_size=16", f"backbone.batch_size={BATCH}", "tokenizer.k=16",
+        "features.fraction=1.0", "tokenizer.views=[identity]"]
+
+
+def imagenet_folder(root: Path, per_class: int) -> Path:
+    """root/train/<class>/*.JPEG (per_class each) and root/val/<class>/*.JPEG, non-square noise images."""
+    rng = np.random.default_rng(per_class)
+    for part, n in (("train", per_class), ("val", VAL_PER_CLASS)):
+        for c in range(CLASSES):
+            d = root / part / f"n{c:08d}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (300, 340, 3), dtype=np.uint8)).save(d / f"{i}.JPEG", quality=90)
+    return root
+
+
+# Runs `-m module args` or `-c code args` and writes the process's own peak resident memory (VmHWM, kB) at exit.
+# NOTE: not getrusage/wait4: Linux carries ru_maxrss across fork + exec, so a child of a large pytest process would
+# report the parent's size and hide its own growth.
+HWM = """import atexit, runpy, sys
+out, args = sys.argv[1], sys.argv[2:]
+atexit.register(lambda: open(out, "w").write(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM:"))))
+if args[0] == "-m":
+    sys.argv = args[1:]
+    runpy.run_module(args[1], run_name="__main__", alter_sys=True)
+else:
+    sys.argv = ["-c", *args[2:]]
+    exec(args[1])
+"""
+
+
+def peak_rss_mb(args: list[str], env: dict, tmp: Path) -> float:
+    """Peak resident memory (MB) of a fresh python process running `args` (its own, not its parent's)."""
+    out = tmp / f"hwm-{len(list(tmp.glob('hwm-*')))}"
+    proc = subprocess.run([sys.executable, "-c", HWM, str(out), *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return int(out.read_text()) / 1024
+
+
+def env_for(tmp: Path) -> dict:
+    # NOTE: a fixed glibc mmap threshold. With the default dynamic one, each freed 25 MB float batch raises the
+    # threshold and later batches fragment the heap: +55 MB from 80 to 640 images with nothing held (1.8 MB fixed).
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1",
+            "DIGIT_BENCH_ROOT": str(tmp / "runs"), "DIGIT_BENCH_DATA_WORKERS": "1", "MALLOC_MMAP_THRESHOLD_": "131072"}
+
+
+def stage_peaks(tmp_path: Path, roles: list[str], per_class: int) -> dict[str, float]:
+    """Peak RSS of each role, one process each, parents computed by the earlier processes."""
+    data = imagenet_folder(tmp_path / f"imagenet{per_class}", per_class)
+    env = env_for(tmp_path / f"n{per_class}")
+    sets = [a for s in SETS + [f"data.root={data}"] for a in ("--set", s)]
+    return {role: peak_rss_mb(["-m", "digit_bench", "run", role, "ablations/_base.yaml", "--profile", "smoke",
+                               *sets], env, tmp_path) for role in roles}
+
+
+def assert_flat(small: dict[str, float], large: dict[str, float]) -> None:
+    """Growth from N to 4N within two batches of decoded images or 3%, whichever is larger.
+
+    Stricter than "15% or one batch": a process of torch, timm and faiss starts near 900 MB, and 15% of it would let
+    3N decoded images (47 MB in the quick variant) through unnoticed."""
+    batch_mb = BATCH * SIDE * SIDE * 3 / 2**20
+    for role in small:
+        grew = large[role] - small[role]
+        assert grew < max(0.03 * small[role], 2 * batch_mb), f"{role}: {small[role]:.0f} MB at N, {large[role]:.0f} MB at 4N"
+
+
+N = 40  # training images per class at N (160 images); 4N = 640 images of 256 x 256 x 3 (126 MB decoded)
+
+
+def test_feature_dump_memory_does_not_grow_with_the_dataset(tmp_path):
+    n = N // 2  # the quick variant: 80 and 320 images
+    assert_flat(stage_peaks(tmp_path, ["features"], n), stage_peaks(tmp_path, ["features"], 4 * n))
+
+
+@pytest.mark.slow
+def test_every_streaming_stage_keeps_its_memory_at_4n(tmp_path):
+    roles = ["features", "centroids", "tokens"]
+    assert_flat(stage_peaks(tmp_path, roles, N), stage_peaks(tmp_path, roles, 4 * N))
+
+
+def test_holding_the_split_in_memory_is_seen_growing(tmp_path):
+    """The control: the measurement is sensitive enough to catch a stage that calls Images.all()."""
+    code = ("import sys; from digit_bench.config import DataConfig; from digit_bench.data import load_split; "
+            "x = load_split(DataConfig(name='imagenet', root=sys.argv[1], image_size=256, num_val=8), 'train').images.all()")
+    peaks = [peak_rss_mb(["-c", code, str(imagenet_folder(tmp_path / f"i{n}", n))], env_for(tmp_path), tmp_path)
+             for n in (N, 4 * N)]
+    assert peaks[1] - peaks[0] > 0.15 * peaks[0], peaks
