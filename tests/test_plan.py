@@ -82,21 +82,8 @@ def test_kv_cache_and_gpu_specs():
 
 
 # ------------------------------------------------------------------------------------------------ sweep planning
-def with_fields(obj, **values):
-    """`obj` (a frozen config dataclass) as an instance of a subclass that also has `values` as fields.
-
-    Stands for a config that carries `launcher.gpu_type`, `launcher.nodes` or `train.micro_batch_size`: `plan` reads
-    them with getattr, their defaults when a config has no such field.
-    """
-    import dataclasses
-
-    extended = dataclasses.make_dataclass(type(obj).__name__, [(k, type(v), v) for k, v in values.items()],
-                                          bases=(type(obj),), frozen=True)
-    return extended(**{f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}, **values)
-
-
 def paper_sweep(launcher_extra: dict | None = None, train_extra: dict | None = None):
-    """The first run of the backbones sweep's paper profile, its launcher and train blocks extended as given."""
+    """The first run of the backbones sweep's paper profile, its launcher and train blocks (stage 1 and 2) replaced."""
     import dataclasses
 
     from digit_bench.config import load_sweep
@@ -105,30 +92,32 @@ def paper_sweep(launcher_extra: dict | None = None, train_extra: dict | None = N
     cfg = sweep.runs[0].cfg
     replaced = {}
     if launcher_extra:
-        known = {k: v for k, v in launcher_extra.items() if hasattr(cfg.launcher, k) and k not in ("gpu_type", "nodes")}
-        launcher = dataclasses.replace(cfg.launcher, **known)
-        replaced["launcher"] = with_fields(launcher, **{k: v for k, v in launcher_extra.items() if k not in known})
-    if train_extra:  # stage 1 and stage 2 alike
-        replaced["train"] = with_fields(cfg.train, **train_extra)
-        replaced["stage2"] = dataclasses.replace(cfg.stage2, train=with_fields(cfg.stage2.train, **train_extra))
+        replaced["launcher"] = dataclasses.replace(cfg.launcher, **launcher_extra)
+    if train_extra:
+        replaced["train"] = dataclasses.replace(cfg.train, **train_extra)
+        replaced["stage2"] = dataclasses.replace(cfg.stage2, train=dataclasses.replace(cfg.stage2.train, **train_extra))
     run = dataclasses.replace(sweep.runs[0], cfg=dataclasses.replace(cfg, **replaced))
     return dataclasses.replace(sweep, runs=(run,))
 
 
+ONE_GPU = {"gpus_per_node": 1, "tasks_per_node": 1}  # the paper's global batch on one GPU, no micro-batches
+
+
 @pytest.mark.parametrize("gpu", ["h200", "h100"])
-def test_plan_flags_batch_1024_on_one_gpu_and_accepts_a_micro_batch(gpu):
+def test_plan_flags_batch_1024_on_one_gpu_and_accepts_the_paper_profile(gpu):
     from digit_bench.plan import plan_sweep
 
-    gpt = next(j for j in plan_sweep(paper_sweep({"gpu_type": gpu})) if j.role == "gpt")
+    gpt = next(j for j in plan_sweep(paper_sweep({"gpu_type": gpu, **ONE_GPU}, {"micro_batch_size": None}))
+               if j.role == "gpt")
     assert (gpt.world, gpt.micro_batch, gpt.accum) == (1, 1024, 1)
     assert 215e6 < gpt.params < 223e6
     assert gpt.fits_memory is False and "train.micro_batch_size <=" in gpt.advice
-    fixed = next(j for j in plan_sweep(paper_sweep({"gpu_type": gpu}, {"micro_batch_size": 128})) if j.role == "gpt")
-    assert (fixed.micro_batch, fixed.accum) == (128, 8)
+    jobs = plan_sweep(paper_sweep({"gpu_type": gpu}))  # the profile as resolved: 4 GPUs x 128 x 2 accumulation steps
+    fixed = next(j for j in jobs if j.role == "gpt")
+    assert (fixed.world, fixed.micro_batch, fixed.accum) == (4, 128, 2)
     assert fixed.fits_memory is True and fixed.fits_time is True and not fixed.advice
-    assert fixed.gpu_hours == pytest.approx(gpt.gpu_hours)  # the same work, accumulated
-    stage2 = next(j for j in plan_sweep(paper_sweep({"gpu_type": gpu}, {"micro_batch_size": 128}))
-                  if j.role == "stage2")
+    assert fixed.gpu_hours == pytest.approx(gpt.gpu_hours)  # the same work, spread and accumulated
+    stage2 = next(j for j in jobs if j.role == "stage2")
     assert stage2.fits_memory is True and stage2.params == pytest.approx(212.6e6, rel=0.01)
 
 
@@ -138,8 +127,9 @@ def test_plan_without_a_gpu_type_checks_nothing_and_nodes_multiply_ranks():
     jobs = plan_sweep(paper_sweep())
     assert all(j.fits_memory is None and j.fits_time is None and j.gpu_hours is None for j in jobs)
     check_fits(paper_sweep())  # nothing known: nothing refused
-    gpt = next(j for j in plan_sweep(paper_sweep({"gpu_type": "h200", "nodes": 4})) if j.role == "gpt")
-    assert (gpt.world, gpt.micro_batch, gpt.accum) == (4, 256, 1) and gpt.fits_memory
+    gpt = next(j for j in plan_sweep(paper_sweep({"gpu_type": "h200", "nodes": 4}, {"micro_batch_size": None}))
+               if j.role == "gpt")
+    assert (gpt.world, gpt.micro_batch, gpt.accum) == (16, 64, 1) and gpt.fits_memory
 
 
 def test_sweep_refuses_a_job_that_cannot_fit():
@@ -147,11 +137,10 @@ def test_sweep_refuses_a_job_that_cannot_fit():
     from digit_bench.plan import check_fits
 
     with pytest.raises(UserError, match=r"gpt job .* does not fit .*memory.*train.micro_batch_size <="):
-        check_fits(paper_sweep({"gpu_type": "h200"}))
+        check_fits(paper_sweep({"gpu_type": "h200", **ONE_GPU}, {"micro_batch_size": None}))
     with pytest.raises(UserError, match=r"time limit.*launcher.timeout_min"):
-        check_fits(paper_sweep({"gpu_type": "h200", "timeout_min": 60, "max_num_timeout": 0},
-                               {"micro_batch_size": 128}))
-    check_fits(paper_sweep({"gpu_type": "h200"}, {"micro_batch_size": 128}))
+        check_fits(paper_sweep({"gpu_type": "h200", "timeout_min": 60, "max_num_timeout": 0}))
+    check_fits(paper_sweep({"gpu_type": "h200"}))
 
 
 def test_plan_command(capsys):
@@ -159,11 +148,15 @@ def test_plan_command(capsys):
 
     from digit_bench.cli import main
 
-    assert main(["plan", "ablations/backbones.yaml", "--profile", "paper", "--gpu-type", "h200"]) == 0
+    one_gpu = ["--set", "launcher.gpus_per_node=1", "--set", "launcher.tasks_per_node=1",
+               "--set", "train.micro_batch_size=null"]
+    assert main(["plan", "ablations/backbones.yaml", "--profile", "paper", "--gpu-type", "h200", *one_gpu]) == 0
     out, err = capsys.readouterr()
     summary = json.loads(out)
     assert summary["all_fit"] is False and summary["gpu_type"] == "h200"
     assert {j["role"] for j in summary["jobs"]} == {"features", "tokens", "gpt", "samples", "stage2"}
     assert "NO (mem NO" in err and "h200 (141 GB" in err
+    assert main(["plan", "ablations/backbones.yaml", "--profile", "paper", "--gpu-type", "h200"]) == 0
+    assert json.loads(capsys.readouterr().out)["all_fit"] is True
     assert main(["plan", "ablations/backbones.yaml", "--profile", "smoke"]) == 0
     assert "MFU/peaks unknown" in capsys.readouterr().err
