@@ -19,6 +19,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from digit_bench.artifacts import Artifact, Store, default_root
-from digit_bench.config import LauncherConfig, Sweep, load_sweep, to_dict
+from digit_bench.config import SLUG, LauncherConfig, Sweep, load_sweep, to_dict
 from digit_bench.errors import UserError
 from digit_bench.pipeline import Node, ancestors, compute_spec, depth, run_dag, stage_inputs
 
@@ -300,7 +301,11 @@ def _outcome(job) -> dict:
 
 # ------------------------------------------------------------------------------------------------------ rows
 def rows_dir(store: Store, sweep: str, profile: str) -> Path:
-    return store.root / "sweeps" / sweep / profile
+    """`<root>/sweeps/<sweep>/<profile>`; the names are plain slugs (config.check_values) and the path stays in root."""
+    for what, name in (("sweep name", sweep), ("profile", profile)):
+        if not re.fullmatch(SLUG, name) or ".." in name:
+            raise UserError(f"{what} {name!r} is not a plain name (letters, digits, _.-); rename it")
+    return store.inside(store.root / "sweeps" / sweep / profile)
 
 
 def _read_metrics(store: Store, node: Node | None) -> dict:
@@ -405,6 +410,7 @@ def run_sweep(args: argparse.Namespace) -> dict:
                 "artifacts": sum(len(w) for w in plan.waves), "run_ids": [r.run_id for r in sweep.runs]}
     launcher = sweep.runs[0].cfg.launcher
     cluster = args.cluster or launcher.cluster
+    store.ensure_writable()
     t0 = time.time()
     execute(plan, store, cluster, launcher)
     rows, failed = collect_rows(plan, store)
@@ -421,7 +427,16 @@ def run_sweep(args: argparse.Namespace) -> dict:
                             Path(__file__).resolve().parents[1] / "baselines" / "published.csv")
     for f in failed:
         log.error("FAILED %s at %s/%s:\n%s", f["run_id"], f["stage"], f["artifact"], f["error"])
-    log.info("results: %s/table.md and %s/index.html", out_dir, out_dir)
+    if rows:
+        log.info("results: %s/table.md and %s/index.html", out_dir, out_dir)
+    else:
+        log.error("no run finished: no report written")
+    user_errors = [(key, e) for key, e in plan.failed.items() if e.startswith(USER_ERROR)]
+    if user_errors:  # the same mistake fails every try: exit 2 with its message, as validate would
+        (stage, aid), err = user_errors[0]
+        msg = re.sub(r"^\w+: ", "", err[len(USER_ERROR):].strip().splitlines()[0])
+        more = f" ({len(user_errors) - 1} more stage(s) failed the same way; see the log)" if len(user_errors) > 1 else ""
+        raise UserError(f"{stage}/{aid}: {msg}{more}")
     n_ok = sum(r["row_kind"] == "run" for r in rows)
     return {"sweep": sweep.name, "profile": sweep.profile, "runs": len(sweep.runs), "ok": n_ok,
             "failed": len(failed), "wall_s": round(time.time() - t0, 1), "table": str(out_dir / "table.md"),
