@@ -55,10 +55,11 @@ def default_root() -> Path:
 
 
 def slug(text: str, n: int = 80) -> str:
-    """`text` as a safe file name part: characters outside [A-Za-z0-9_.=+-] become '_', no '..', no leading dot."""
+    """`text` as a safe file name part: characters outside [A-Za-z0-9_.=+-] become '_', no '..', starts with a
+    letter or digit."""
     out = re.sub(r"[^A-Za-z0-9_.=+-]", "_", text)
-    out = re.sub(r"\.{2,}", "_", out).lstrip(".")
-    return out[:n] or "_"
+    out = re.sub(r"\.{2,}", "_", out).lstrip("_.=+-")
+    return out[:n] or "x"
 
 
 def artifact_id(stage: str, prefix: str, cfg: dict, parents: list[str], version: int) -> str:

@@ -46,6 +46,7 @@ from tqdm import tqdm
 
 from digit_bench.config import TrainConfig
 from digit_bench.errors import UserError
+from digit_bench.weights import load_weights
 
 LossFn = Callable[[nn.Module, Any], tuple[dict[str, Tensor], dict[str, float]]]
 BatchFn = Callable[[int, int, int], Any]
@@ -135,8 +136,10 @@ class _PreemptionSignals:
 
 
 def load_checkpoint(path: Path) -> dict:
-    """Load a checkpoint onto the CPU with weights_only=True (tensors and plain containers only)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Load a checkpoint onto the CPU, tensors and plain containers only (weights.load_weights); a truncated one is
+    a UserError saying how to recover."""
+    return load_weights(path, "checkpoint", fix="if it is inside a published artifact run `digit-bench verify --repair`;"
+                        " in a .work directory delete it to restart that training")
 
 
 def device_for(precision: str) -> torch.device:
