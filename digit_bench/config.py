@@ -504,8 +504,7 @@ def check_names(cfg: ExperimentConfig) -> None:
     _check_choice("gpt.size", cfg.gpt.size, list(GPT_SIZES))
     _check_choice("stage2.size", cfg.stage2.size, list(GPT_SIZES))
     _check_choice("ldm.dit_size", cfg.ldm.dit_size, list(DIT_SIZES))
-    if cfg.generator == "ldm":
-        _check_choice("ldm.scheduler", cfg.ldm.scheduler, scheduler_names())
+    _check_choice("ldm.scheduler", cfg.ldm.scheduler, scheduler_names())
     check_reference(cfg.eval.reference)
     if cfg.train.batch_size % cfg.train.grad_accum:
         raise UserError(f"train.batch_size {cfg.train.batch_size} is not divisible by train.grad_accum {cfg.train.grad_accum}")

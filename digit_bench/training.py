@@ -125,7 +125,8 @@ class _PreemptionSignals:
         self.previous = {}
 
     def pass_on(self) -> None:
-        """Restore the earlier handlers and deliver the remembered signal to the one it had."""
+        """Deliver the remembered signal to the handler it had before fit (with the earlier handlers restored); if
+        that handler returns (submitit's SIGTERM bypass, a rank > 0), fit goes on remembering signals."""
         signum, previous = self.received, self.previous.get(self.received)
         self.received = None
         self.__exit__()
@@ -133,6 +134,7 @@ class _PreemptionSignals:
             previous(signum, None)
         elif previous in (signal.SIG_DFL, None):
             os.kill(os.getpid(), signum)
+        self.__enter__()
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -253,3 +253,27 @@ def test_no_space_during_a_checkpoint_save_keeps_the_last_one_and_no_temporary_f
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt", "log.jsonl"]
     monkeypatch.setattr(training.torch, "save", real_save)
     assert fit(tiny_gpt(), gpt_loss(0.1), batches(cfg), cfg, tmp_path, seed=3)["start_step"] == 4
+
+
+def test_a_signal_whose_handler_returns_lets_training_go_on_and_catches_the_next(tmp_path):
+    """submitit bypasses SIGTERM on preemption and requeues on the USR2 that follows: fit checkpoints at both."""
+    import signal
+
+    cfg = train_cfg(steps=10, checkpoint_every=100)
+    seen, saved = [], []
+
+    def bypass(signum, frame):
+        seen.append(signum)
+        saved.append(load_checkpoint(tmp_path / "ckpt.pt")["step"])
+
+    def signal_at(model, step):
+        if step in (3, 6):
+            os.kill(os.getpid(), signal.SIGTERM if step == 3 else signal.SIGUSR2)
+
+    previous = {sig: signal.signal(sig, bypass) for sig in (signal.SIGTERM, signal.SIGUSR2)}
+    try:
+        assert fit(tiny_gpt(), gpt_loss(0.1), batches(cfg), cfg, tmp_path, seed=3, after_step=signal_at)["steps"] == 10
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    assert seen == [signal.SIGTERM, signal.SIGUSR2] and saved == [3, 6]

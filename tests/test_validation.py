@@ -88,8 +88,6 @@ def test_string_fields_refuse_path_tricks(key, trick, tmp_path, capsys):
     sweep.write_text(BASE + ("name: " + _yaml_value(trick) + "\n" if key == "name" else ""))
     sets = [] if key == "name" else ["--set", f"{key}=" + (f"[{_yaml_value(trick)}]" if key == "eval.extra_extractors"
                                                            else _yaml_value(trick))]
-    if key == "ldm.scheduler":
-        sets += ["--set", "generator=ldm"]
     before = _snapshot(tmp_path)
     code, err = run_cli(capsys, ["validate", str(sweep), *SMOKE, "--root", str(tmp_path / "r"), *sets])
     if key in PATH_KEYS and "\x00" not in trick and "\n" not in trick:
@@ -122,7 +120,7 @@ def test_numeric_fields_refuse_non_finite_and_out_of_range(key, tp, is_tuple, tm
     (["--set", "gpt.size=digit-bb"], "did you mean digit-b?"),
     (["--set", "stage2.size=gpt-nan"], "did you mean gpt-nano?"),
     (["--set", "gpt.size=../x"], "gpt.size '../x' is unknown"),
-    (["--set", "generator=ldm", "--set", "ldm.scheduler=DDIMSchedular"], "did you mean DDIMScheduler?"),
+    (["--set", "ldm.scheduler=DDIMSchedular"], "did you mean DDIMScheduler?"),
     (["--set", "eval.reference=dataset:imagenett:test"], "did you mean imagenet?"),
     (["--set", "eval.reference=dataset:fashion_mnist:tset"], "did you mean test?"),
     (["--set", "eval.reference=imagenet"], "expected dataset:<name>:<split>"),
