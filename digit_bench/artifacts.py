@@ -371,7 +371,7 @@ def check_artifact(path: Path, hashes: bool) -> list[str]:
     if hashes:
         known = set(files) | {MANIFEST, DONE}
         problems += [f"{p.relative_to(path)} is not in the manifest" for p in sorted(path.rglob("*"))
-                     if p.is_file() and str(p.relative_to(path)) not in known]
+                     if p.is_file() and not p.is_symlink() and str(p.relative_to(path)) not in known]
     return problems
 
 
