@@ -7,7 +7,7 @@ Each job computes one artifact through the store's lookup-or-compute, so a rerun
 requeued after preemption resumes from its work directory; a training job of `launcher.tasks_per_node` > 1 tasks
 trains data-parallel, rank 0 publishing (compute_distributed). Failed jobs are retried `launcher.max_retries` times (a
 UserError is not retried) and then listed with the tail of their log; their descendants are skipped, and the command
-exits 1. At the end one flat row per run is written to `<root>/sweeps/<sweep>/<profile>/` and `report` turns them
+exits 1 (2 when a stage failed on a user error, with its message on one line). At the end one flat row per run is written to `<root>/sweeps/<sweep>/<profile>/` and `report` turns them
 into results/<sweep>/<profile>/. Sweeps sharing a root compute each artifact once (the store's file locks).
 Design from DESIGN.md §6 and the hydra submitit plugin's resource schema (no hydra).
 """
@@ -454,7 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit 0 when every run finished, 1 when some failed (listed in the report's failed.md), 2 on a user error."""
+    """Exit 0 when every run finished, 1 when some failed (listed in the report's failed.md), 2 on a user error (in
+    the sweep file, the root, or a stage)."""
     from digit_bench.cli import guarded
 
     args = build_parser().parse_args(argv)
