@@ -383,32 +383,31 @@ _INT_MAX = 2**31 - 1  # no count, size or seed of any stage comes near it; large
 _RANGES: dict[str, tuple[float, float, bool, bool]] = {}
 
 
-def _rng(names: str, lo: float, hi: float, lo_in: bool = True, hi_in: bool = True) -> None:
+def _set_range(names: str, lo: float, hi: float, lo_in: bool = True, hi_in: bool = True) -> None:
     for name in names.split():
         _RANGES[name] = (lo, hi, lo_in, hi_in)
 
 
-_rng("image_size batch_size steps k niter num_samples embed_dim depth num_heads patch_size ch n_embed z_channels "
+_set_range("image_size batch_size steps k niter num_samples embed_dim depth num_heads patch_size ch n_embed z_channels "
      "maskgit_steps epochs num_images max_points_per_centroid num_train_timesteps num_inference_steps out_dim grad_accum "
      "checkpoint_every num_res_blocks cpus_per_task mem_gb timeout_min array_parallelism local_workers tasks_per_node "
      "latent_channels bootstrap kid_subset_size prc_neighborhood local_crops ch_mult vae_channels unet_channels "
      "num_train num_test num_reference img_size", 1, _INT_MAX)
-_rng("num_val warmup_steps gpus_per_node max_retries max_num_timeout top_k disc_start seed split_seed init_seed",
+_set_range("num_val warmup_steps gpus_per_node max_retries max_num_timeout top_k disc_start seed split_seed init_seed",
      0, _INT_MAX)
-_rng("layer", -1000, 1000)
-_rng("lr lrs", 0, 10, lo_in=False)
-_rng("weight_decay grad_clip beta disc_weight perceptual_weight kl_weight", 0, 1e6)
-_rng("fraction top_p", 0, 1, lo_in=False)
-_rng("holdout_fraction mask_ratio", 0, 1, lo_in=False, hi_in=False)
-_rng("dropout label_dropout ema label_smoothing betas", 0, 1, hi_in=False)
-_rng("center_momentum teacher_momentum", 0, 1)
-_rng("temperature choice_temperature teacher_temp student_temp cfg_scale", 0, 1e6, lo_in=False)
-_rng("snrs_db", -200, 200)
+_set_range("layer", -1000, 1000)
+_set_range("lr lrs", 0, 10, lo_in=False)
+_set_range("weight_decay grad_clip beta disc_weight perceptual_weight kl_weight", 0, 1e6)
+_set_range("fraction top_p", 0, 1, lo_in=False)
+_set_range("holdout_fraction mask_ratio", 0, 1, lo_in=False, hi_in=False)
+_set_range("dropout label_dropout ema label_smoothing betas", 0, 1, hi_in=False)
+_set_range("center_momentum teacher_momentum", 0, 1)
+_set_range("temperature choice_temperature teacher_temp student_temp cfg_scale", 0, 1e6, lo_in=False)
+_set_range("snrs_db", -200, 200)
 
 # strings that end up in file paths, sbatch lines or artifact names: a strict slug
 SLUG = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 _SLUG_FIELDS = {"name", "partition", "account", "qos"}
-_PATH_FIELDS = {"root", "weights", "vae_weights"}  # file system paths; checked for control characters only
 
 
 def _is_slug(s: str) -> bool:
