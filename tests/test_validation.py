@@ -20,7 +20,7 @@ import yaml
 
 from digit_bench import cli, config
 from digit_bench.artifacts import NAME, Store, artifact_id
-from digit_bench.config import ExperimentConfig, load_sweep
+from digit_bench.config import ExperimentConfig
 from digit_bench.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
