@@ -101,13 +101,15 @@ def save_checkpoint(path: Path, obj: dict) -> None:
 class _PreemptionSignals:
     """SIGTERM / SIGUSR2 (SLURM pre-emption, time limit, `scontrol requeue`; submitit asks for USR2 before the time
     limit) received during `fit`: remembered by a handler, acted on after the current update. `fit` then saves a
-    checkpoint and passes the signal on to the handler that was there before (submitit's: `checkpoint()`, requeue,
-    exit; none: the default action), so a requeued job loses at most the update that was running."""
+    checkpoint and passes the signals on, in the order they came, to the handlers that were there before (submitit's:
+    `checkpoint()`, requeue, exit; none: the default action), so a requeued job loses at most the update that was
+    running. If those handlers return (submitit bypasses SIGTERM, and does not requeue from a rank > 0), fit goes on
+    and keeps remembering signals."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 
     def __init__(self) -> None:
-        self.received: int | None = None
+        self.received: list[int] = []
         self.previous: dict[int, Any] = {}
 
     def __enter__(self) -> "_PreemptionSignals":
@@ -117,7 +119,8 @@ class _PreemptionSignals:
         return self
 
     def _remember(self, signum: int, frame: Any) -> None:
-        self.received = signum
+        if signum not in self.received:  # two pending signals run their handlers back to back: keep both
+            self.received.append(signum)
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self.previous.items():
@@ -125,16 +128,24 @@ class _PreemptionSignals:
         self.previous = {}
 
     def pass_on(self) -> None:
-        """Deliver the remembered signal to the handler it had before fit (with the earlier handlers restored); if
-        that handler returns (submitit's SIGTERM bypass, a rank > 0), fit goes on remembering signals."""
-        signum, previous = self.received, self.previous.get(self.received)
-        self.received = None
+        """Deliver the remembered signals to the handlers they had before fit, then remember again."""
+        received, previous = self.received, dict(self.previous)
+        self.received = []
         self.__exit__()
-        if callable(previous):
-            previous(signum, None)
-        elif previous in (signal.SIG_DFL, None):
-            os.kill(os.getpid(), signum)
+        for signum in received:
+            handler = previous.get(signum, signal.SIG_DFL)
+            if callable(handler):
+                handler(signum, None)
+            elif handler in (signal.SIG_DFL, None):
+                os.kill(os.getpid(), signum)
         self.__enter__()
+
+    def close(self) -> None:
+        """Restore the earlier handlers; signals remembered but not yet acted on go to them."""
+        self.__exit__()
+        received, self.received = self.received, []
+        for signum in received:
+            os.kill(os.getpid(), signum)
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -278,14 +289,14 @@ def fit(model: nn.Module, loss_fn: LossFn, batch_fn: BatchFn, cfg: TrainConfig, 
             bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items() if k.startswith("loss/")}, refresh=False)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 checkpoint()
-            elif signals.received is not None:
+            elif signals.received:
                 checkpoint()
-            if signals.received is not None:
-                bar.write(f"{desc}: signal {signals.received} at update {step}: checkpoint saved, passing it on",
-                          file=sys.stderr)
+            if signals.received:
+                bar.write(f"{desc}: signal {'+'.join(str(int(s)) for s in signals.received)} at update {step}: "
+                          "checkpoint saved, passing it on", file=sys.stderr)
                 signals.pass_on()
     finally:
-        signals.__exit__()
+        signals.close()
         bar.close()
         if log_file is not None:
             log_file.close()
