@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from digit_bench.config import BackboneConfig
 from digit_bench.errors import UserError
+from digit_bench.weights import load_weights
 
 
 class FeatureBackbone(nn.Module):
@@ -131,6 +132,8 @@ def timm_backbone(model_name: str, *, layer: int, name: str | None = None, weigh
     name = name or model_name
     kwargs = {"img_size": img_size} if img_size else {}
     mean = std = None
+    if weights is not None and Path(weights).is_file():  # a truncated or code-carrying file is named as such here,
+        load_weights(weights, f"backbone {name} (backbone.weights)", mmap=True)  # not as a cache miss or mismatch
     if weights is None:
         if external_weights:
             raise UserError(f"backbone {name} ({model_name}) has no weights in timm: download {external_weights} "
@@ -197,7 +200,7 @@ def pretrained_tiny(method: str, *, layer: int, weights: str | None = None, name
                         f"set `backbone.weights` to its backbone.pt")
     if not Path(weights).is_file():
         raise UserError(f"backbone {name}: weight file {weights} does not exist; run the pretrain_ssl stage")
-    ckpt = torch.load(weights, map_location="cpu", weights_only=True)
+    ckpt = load_weights(weights, f"backbone {name} (backbone.weights)")
     model = VisionTransformer(**ckpt["arch"])
     model.load_state_dict(ckpt["model"])
     return FeatureBackbone.from_timm(model, name=name, layer=layer, mean=IMAGENET_DEFAULT_MEAN,

@@ -1,4 +1,5 @@
-"""The `digit-bench` command: ls | validate | plan | run | sweep | status | report | score | import | bench | doctor.
+"""The `digit-bench` command: ls | validate | plan | run | sweep | status | report | verify | score | import | bench |
+doctor.
 
 Logs go to stderr and one JSON summary line to stdout. Every user error exits 2 with a one-line message naming the
 cause and the fix (`--debug` shows the traceback).
@@ -94,6 +95,7 @@ def cmd_run(args: argparse.Namespace) -> dict:
 
     sweep = load_sweep(args.yaml, args.profile, args.sets)
     store = Store(args.root or default_root())
+    store.ensure_writable()
     done = {}
     for run in sweep.runs:
         dag = run_dag(run.cfg)
@@ -166,6 +168,69 @@ def cmd_import(args: argparse.Namespace) -> dict:
     return run_import(args)
 
 
+def cmd_verify(args: argparse.Namespace) -> dict:
+    """Check every published artifact's files against its manifest (sizes and digests); --repair moves a corrupt one
+    to <root>/quarantine/ and recomputes it from its recorded spec (its corrupt parents first)."""
+    from digit_bench.artifacts import Store, check_artifact, default_root, published
+
+    store = Store(args.root or default_root())
+    if not store.root.is_dir():
+        raise UserError(f"--root {store.root} is not a folder of artifacts; give the root a sweep wrote to")
+    arts = published(store.root)
+    corrupt = {}
+    for path in arts:
+        problems = check_artifact(path, hashes=True)
+        if problems:
+            corrupt[(path.parent.name, path.name)] = problems
+            log.error("corrupt %s/%s: %s", path.parent.name, path.name, "; ".join(problems))
+    report = {"root": str(store.root), "checked": len(arts),
+              "corrupt": {f"{st}/{aid}": probs for (st, aid), probs in corrupt.items()}}
+    if corrupt and not args.repair:
+        (st, aid), probs = next(iter(corrupt.items()))
+        raise UserError(f"{len(corrupt)} corrupt artifact(s) under {store.root}, e.g. {st}/{aid} ({probs[0]}); "
+                        f"quarantine and recompute them with: digit-bench verify --repair --root {store.root}")
+    if corrupt:
+        report["repaired"], report["quarantined"] = _repair(store, corrupt)
+    return report
+
+
+def _repair(store, corrupt: dict) -> tuple[list[str], list[str]]:
+    """Quarantine every corrupt artifact, then recompute each (parents first); UserError if one cannot be."""
+    import shutil
+    import time
+
+    from digit_bench.artifacts import artifact_spec
+    from digit_bench.pipeline import compute_spec
+
+    specs, moved = {}, []
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for st, aid in corrupt:
+        path = store.path(st, aid)
+        specs[(st, aid)] = artifact_spec(path)
+        dest = store.inside(store.root / "quarantine" / st / f"{aid}-{stamp}")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(path), str(dest))
+        moved.append(str(dest))
+        log.warning("quarantined %s/%s in %s", st, aid, dest)
+    done: list[str] = []
+
+    def recompute(key: tuple[str, str]) -> None:
+        spec = specs[key]
+        if spec is None:
+            raise UserError(f"{key[0]}/{key[1]} was quarantined but its spec is unreadable; rerun the sweep that made it "
+                            "to recompute it")
+        for pst, pid in spec["parents"].values():
+            if (pst, pid) in specs and f"{pst}/{pid}" not in done:
+                recompute((pst, pid))
+        compute_spec(store, spec, log=log.info)
+        done.append(f"{key[0]}/{key[1]}")
+
+    for key in specs:
+        if f"{key[0]}/{key[1]}" not in done:
+            recompute(key)
+    return done, moved
+
+
 def build_parser() -> argparse.ArgumentParser:
     from digit_bench.sweep import add_sweep_args, build_parser as sweep_parser
 
@@ -233,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--heads", type=int, default=None, help="attention heads, if the checkpoint's config lacks them")
     s.add_argument("--seq-len", type=int, default=256, help="data tokens per sequence (the release: 256)")
     s.set_defaults(fn=cmd_import)
+    s = sub.add_parser("verify", help="check every artifact's files against its manifest; --repair recomputes corrupt ones")
+    s.add_argument("--root", default=None, help="artifact root (default $DIGIT_BENCH_ROOT or ./runs)")
+    s.add_argument("--repair", action="store_true", help="quarantine corrupt artifacts and recompute them")
+    s.set_defaults(fn=cmd_verify)
     sub.add_parser("sweep", help="run a sweep (same as python -m digit_bench.sweep)", add_help=False)
     sub.add_parser("bench", help="tokenizer micro-benchmarks as a table", add_help=False)
     sub.add_parser("doctor", help="device check of the paper path (same as python -m digit_bench.doctor)",

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 import types
@@ -343,7 +344,10 @@ def coerce(tp: Any, value: Any, key: str, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise UserError(f"{where}: {key}: {value} is too large for a float") from None
     if tp is str:
         if not isinstance(value, str):
             raise bad
@@ -403,52 +407,135 @@ def config_hash(d: dict, n: int = 10) -> str:
 
 
 # ------------------------------------------------------------------------------------------- impossible values
-_POSITIVE = {"image_size", "batch_size", "steps", "k", "niter", "num_samples", "embed_dim", "depth", "num_heads",
-             "patch_size", "ch", "n_embed", "z_channels", "maskgit_steps", "epochs", "num_images", "max_points_per_centroid",
-             "num_train_timesteps", "num_inference_steps", "out_dim", "micro_batch_size", "checkpoint_every", "num_res_blocks",
-             "cpus_per_task", "mem_gb", "timeout_min", "array_parallelism", "local_workers", "tasks_per_node", "nodes",
-             "latent_channels", "bootstrap", "kid_subset_size", "prc_neighborhood", "local_crops"}
-_NON_NEGATIVE = {"num_val", "warmup_steps", "gpus_per_node", "max_retries", "max_num_timeout", "top_k", "disc_start",
-                 "lr", "weight_decay", "grad_clip", "label_smoothing", "beta", "disc_weight", "perceptual_weight",
-                 "kl_weight", "seed", "split_seed", "init_seed"}
-_UNIT_OPEN = {"fraction", "holdout_fraction", "mask_ratio"}  # in (0, 1]
-_PROB = {"dropout", "label_dropout", "ema", "top_p", "center_momentum", "teacher_momentum"}  # in [0, 1]
+_INT_MAX = 2**31 - 1  # no count, size or seed of any stage comes near it; larger values overflow int32 tensors
+# field name -> (low, high, low included, high included); every int/float field of ExperimentConfig has a row
+# (tests/test_validation.py checks this), so a new field cannot skip the check.
+_RANGES: dict[str, tuple[float, float, bool, bool]] = {}
+
+
+def _set_range(names: str, lo: float, hi: float, lo_in: bool = True, hi_in: bool = True) -> None:
+    for name in names.split():
+        _RANGES[name] = (lo, hi, lo_in, hi_in)
+
+
+_set_range("image_size batch_size steps k niter num_samples embed_dim depth num_heads patch_size ch n_embed z_channels "
+     "maskgit_steps epochs num_images max_points_per_centroid num_train_timesteps num_inference_steps out_dim micro_batch_size nodes "
+     "checkpoint_every num_res_blocks cpus_per_task mem_gb timeout_min array_parallelism local_workers tasks_per_node "
+     "latent_channels bootstrap kid_subset_size prc_neighborhood local_crops ch_mult vae_channels unet_channels "
+     "num_train num_test num_reference img_size", 1, _INT_MAX)
+_set_range("num_val warmup_steps gpus_per_node max_retries max_num_timeout top_k disc_start seed split_seed init_seed "
+     "prefix_len",
+     0, _INT_MAX)
+_set_range("layer", -1000, 1000)
+_set_range("lr lrs", 0, 10, lo_in=False)
+_set_range("weight_decay grad_clip beta disc_weight perceptual_weight kl_weight", 0, 1e6)
+_set_range("fraction top_p", 0, 1, lo_in=False)
+_set_range("holdout_fraction mask_ratio", 0, 1, lo_in=False, hi_in=False)
+_set_range("dropout label_dropout ema label_smoothing betas", 0, 1, hi_in=False)
+_set_range("center_momentum teacher_momentum", 0, 1)
+_set_range("temperature choice_temperature teacher_temp student_temp cfg_scale", 0, 1e6, lo_in=False)
+_set_range("snrs_db", -200, 200)
+
+# strings that end up in file paths, sbatch lines or artifact names: a strict slug
+SLUG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}"
+_SLUG_FIELDS = {"name", "partition", "account", "qos"}
+
+
+def _is_slug(s: str) -> bool:
+    return bool(re.fullmatch(SLUG, s)) and ".." not in s
+
+
+def _bad_chars(s: str) -> bool:
+    """NUL, newlines and other control characters (a path or name with them is never what was meant)."""
+    return any(ord(c) < 32 or ord(c) == 127 for c in s)
+
+
+def _range_problem(x: float, lo: float, hi: float, lo_in: bool, hi_in: bool) -> str | None:
+    """'must be > 0, got -4' style text when x is outside the range, else None."""
+    if x < lo or (x == lo and not lo_in):
+        if hi < _INT_MAX:
+            return f"must be in {'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'}, got {x}"
+        return f"must be > 0, got {x}" if (lo, lo_in) in ((1, True), (0, False)) else f"must be >= {lo:g}, got {x}"
+    if x > hi or (x == hi and not hi_in):
+        if hi >= _INT_MAX:
+            return f"must be <= {_INT_MAX}, got {x}"
+        return f"must be in {'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'}, got {x}"
+    return None
 
 
 def check_values(cfg: Any, prefix: str = "") -> list[tuple[str, str]]:
-    """(dotted key, problem) for every value no run could use (negative sizes, fractions out of range, ...)."""
+    """(dotted key, problem) for every value no run could use: NaN/inf, numbers out of range, bad characters."""
     problems: list[tuple[str, str]] = []
     for f in dataclasses.fields(cfg):
         v, key = getattr(cfg, f.name), f"{prefix}{f.name}"
         if dataclasses.is_dataclass(v):
             problems += check_values(v, key + ".")
             continue
-        vals = v if isinstance(v, tuple) else (v,)
-        for x in vals:
+        for x in v if isinstance(v, tuple) else (v,):
+            if isinstance(x, str):
+                if _bad_chars(x):
+                    problems.append((key, f"contains a control character ({x!r}); remove it"))
+                elif f.name in _SLUG_FIELDS and not _is_slug(x):
+                    problems.append((key, f"{x!r} must be a plain name (letters, digits, '_', '.', '-'; "
+                                          f"at most 64, no '..' or '/'); rename it"))
+                continue
             if isinstance(x, bool) or not isinstance(x, (int, float)):
                 continue
-            if f.name in _POSITIVE and x <= 0:
-                problems.append((key, f"must be > 0, got {x}"))
-            elif f.name in _NON_NEGATIVE and x < 0:
-                problems.append((key, f"must be >= 0, got {x}"))
-            elif f.name in _UNIT_OPEN and not 0 < x <= 1:
-                problems.append((key, f"must be in (0, 1], got {x}"))
-            elif f.name in _PROB and not 0 <= x <= 1:
-                problems.append((key, f"must be in [0, 1], got {x}"))
-        if f.name in ("temperature", "cfg_scale", "choice_temperature") and isinstance(v, (int, float)) and v <= 0:
-            problems.append((key, f"must be > 0, got {v}"))
+            if not math.isfinite(x):
+                problems.append((key, f"must be a finite number, got {x}"))
+                continue
+            problem = _range_problem(x, *_RANGES.get(f.name, (-_INT_MAX, _INT_MAX, True, True)))
+            if problem:
+                problems.append((key, problem))
     return problems
 
 
+def _check_choice(key: str, value: str, choices: list[str]) -> None:
+    if value not in choices:
+        raise UserError(f"{key} {value!r} is unknown{did_you_mean(value, choices)}; choose one of: {', '.join(choices)}")
+
+
+def scheduler_names() -> list[str]:
+    """diffusers scheduler class names usable for sampling (ldm.scheduler)."""
+    import diffusers
+
+    return sorted(n for n in dir(diffusers) if n.endswith("Scheduler") and not n.startswith("Flax")
+                  and isinstance(getattr(diffusers, n, None), type) and issubclass(getattr(diffusers, n), diffusers.SchedulerMixin))
+
+
+def check_reference(ref: str) -> None:
+    """eval.reference is dataset:<registered dataset>:<train|val|test> or npz:<file>."""
+    from digit_bench.registry import DATASETS
+
+    if ref.startswith("npz:") and len(ref) > 4:
+        return
+    parts = ref.split(":")
+    if len(parts) != 3 or parts[0] != "dataset":
+        raise UserError(f"eval.reference {ref!r}: expected dataset:<name>:<split> (e.g. dataset:fashion_mnist:test) "
+                        "or npz:<file>")
+    if parts[1] not in DATASETS:
+        _check_choice("eval.reference dataset", parts[1], DATASETS.names())
+    _check_choice("eval.reference split", parts[2], ["train", "val", "test"])
+
+
 def check_names(cfg: ExperimentConfig) -> None:
-    """Registered names (dataset, backbone, GPT sizes) exist; raises UserError naming the choices."""
+    """Registered names (dataset, backbone, extractors, GPT/DiT sizes, scheduler, reference) exist and the fields that
+    must agree do; raises UserError naming the choices."""
+    from digit_bench.models.gpt import GPT_SIZES
+    from digit_bench.models.ldm import DIT_SIZES
     from digit_bench.registry import BACKBONES, DATASETS, EXTRACTORS
 
+    _check_choice("profile", cfg.profile, list(PROFILES))
     DATASETS.check(cfg.data.name)
     BACKBONES.check(cfg.backbone.name)
     EXTRACTORS.check(cfg.eval.extractor)
     for ex in cfg.eval.extra_extractors:
         EXTRACTORS.check(ex)
+    _check_choice("gpt.size", cfg.gpt.size, list(GPT_SIZES))
+    _check_choice("stage2.size", cfg.stage2.size, list(GPT_SIZES))
+    _check_choice("ldm.dit_size", cfg.ldm.dit_size, list(DIT_SIZES))
+    _check_choice("ldm.scheduler", cfg.ldm.scheduler, scheduler_names())
+    check_reference(cfg.eval.reference)
     world = training_world(cfg.launcher)
     for key, tcfg in train_configs(cfg):
         try:
@@ -458,6 +545,15 @@ def check_names(cfg: ExperimentConfig) -> None:
                             f"{cfg.launcher.tasks_per_node})") from None
     if cfg.tokenizer.k > 65535:
         raise UserError(f"tokenizer.k {cfg.tokenizer.k} does not fit the uint16 token files; use k <= 65535")
+    if cfg.vqgan.n_embed > 65535:
+        raise UserError(f"vqgan.n_embed {cfg.vqgan.n_embed} does not fit the uint16 token files; use n_embed <= 65535")
+    for key, b in (("backbone", cfg.backbone), ("ssl", cfg.ssl)):
+        if b.embed_dim % b.num_heads:
+            raise UserError(f"{key}.embed_dim {b.embed_dim} is not divisible by {key}.num_heads {b.num_heads}; "
+                            "make the width a multiple of the head count")
+    if cfg.ldm.num_inference_steps > cfg.ldm.num_train_timesteps:
+        raise UserError(f"ldm.num_inference_steps {cfg.ldm.num_inference_steps} > ldm.num_train_timesteps "
+                        f"{cfg.ldm.num_train_timesteps}; lower it")
     gpus, tasks = cfg.launcher.gpus_per_node, cfg.launcher.tasks_per_node
     if gpus and tasks != gpus:
         raise UserError(f"launcher.tasks_per_node {tasks} != launcher.gpus_per_node {gpus}: a DDP training job runs "
@@ -522,8 +618,14 @@ def _yaml_with_lines(path: Path) -> tuple[Any, dict[tuple, int]]:
         text = path.read_text()
     except FileNotFoundError:
         raise UserError(f"sweep file not found: {path}; give the path of a YAML file such as ablations/backbones.yaml") from None
+    except IsADirectoryError:
+        raise UserError(f"{path} is a directory; give the path of a sweep YAML file such as ablations/backbones.yaml") from None
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not a text file (not UTF-8); give a sweep YAML file such as ablations/backbones.yaml") from None
+    if "\0" in text:
+        raise UserError(f"{path} is a binary file (NUL bytes); give a sweep YAML file such as ablations/backbones.yaml")
     try:
         data = yaml.safe_load(text)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -544,8 +646,9 @@ def _yaml_with_lines(path: Path) -> tuple[Any, dict[tuple, int]]:
                 walk(v, p + (i,))
 
     walk(node, ())
-    if data is None:
-        data = {}
+    if not data:
+        raise UserError(f"{path} is empty; a sweep file sets at least `include: _base.yaml` or `defaults:` (an empty one "
+                        "would run the paper-size defaults)")
     if not isinstance(data, dict):
         raise UserError(f"{path}: a sweep file must be a mapping with keys {', '.join(SWEEP_KEYS)}")
     return data, lines
@@ -648,6 +751,8 @@ def resolve_file(name: str, where: str) -> str:
     """Absolute path of a weight file named in a sweep file: as given when absolute, else the first existing of
     $DIGIT_BENCH_WEIGHTS/name and <folder of the YAML that names it>/name (the current folder for --set), else the
     last of these (validate then reports it missing). Never the folder a job later runs in."""
+    if _bad_chars(name):
+        return name  # check_values refuses it with its key
     path = Path(name).expanduser()
     if path.is_absolute():
         return str(path)

@@ -239,11 +239,24 @@ def load_image(path: Path, size: int, resize: str = "bicubic", crop_seed: Sequen
 
 # ------------------------------------------------------------------------------------------------ datasets
 def _read_idx(path: Path) -> np.ndarray:
+    """A uint8 IDX array; a truncated, garbled or non-IDX file is a UserError naming it."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    fix = "reinstall it (`apt-get install --reinstall dataset-fashion-mnist`) or replace the file"
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise UserError(f"cannot read IDX file {path} ({type(e).__name__}: {e}); {fix}") from None
+    if len(data) < 4 or data[:3] != b"\x00\x00\x08" or not 1 <= data[3] <= 4:
+        raise UserError(f"{path} is not a uint8 IDX file (bad header {data[:4].hex()}); {fix}")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise UserError(f"IDX file {path} is truncated (its header is cut off); {fix}")
     dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    expected = 4 + 4 * ndim + int(np.prod(dims))
+    if len(data) != expected:
+        raise UserError(f"IDX file {path} has {len(data)} bytes, its header {dims} needs {expected} "
+                        f"({'truncated' if len(data) < expected else 'trailing data'}); {fix}")
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
@@ -255,13 +268,21 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
 
 
 def fashion_mnist_dir(root: str | None) -> Path:
-    """The folder holding the four Fashion-MNIST IDX files: root, $DIGIT_BENCH_DATA, Debian's, or a download."""
-    candidates = [Path(root)] if root else []
-    if os.environ.get("DIGIT_BENCH_DATA"):
-        env = Path(os.environ["DIGIT_BENCH_DATA"])
-        candidates += [env, env / "fashion-mnist"]
-    candidates.append(FASHION_MNIST_DEBIAN)
+    """The folder holding the four Fashion-MNIST IDX files: data.root, else $DIGIT_BENCH_DATA, else Debian's, else a
+    download. A folder the user named (data.root or $DIGIT_BENCH_DATA) is used or refused, never replaced by another."""
     stems = [s for pair in FASHION_MNIST_FILES.values() for s in pair]
+    explicit = [("data.root", Path(root).expanduser(), [Path(root).expanduser()])] if root else []
+    if not explicit and os.environ.get("DIGIT_BENCH_DATA"):
+        env = Path(os.environ["DIGIT_BENCH_DATA"]).expanduser()
+        explicit = [("DIGIT_BENCH_DATA", env, [env, env / "fashion-mnist"])]
+    for what, given, places in explicit:
+        for c in places:
+            if all(_find_idx(c, s) for s in stems):
+                return c
+        missing = [s for s in stems if not _find_idx(given, s)]
+        raise UserError(f"{what} {given} does not hold the Fashion-MNIST IDX files (missing: {', '.join(missing)}); "
+                        f"put the four *-ubyte(.gz) files there, or unset {what} to use {FASHION_MNIST_DEBIAN}")
+    candidates = [FASHION_MNIST_DEBIAN]
     for c in candidates:
         if all(_find_idx(c, s) for s in stems):
             return c
@@ -286,6 +307,9 @@ def fashion_mnist(root: str | None, image_size: int, resize: str = "bicubic") ->
     for split, (img, lab) in FASHION_MNIST_FILES.items():
         x = _read_idx(_find_idx(folder, img))  # (N, 28, 28)
         y = _read_idx(_find_idx(folder, lab)).astype(np.int64)  # (N,)
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y) or (len(y) and y.max() >= len(FASHION_MNIST_CLASSES)):
+            raise UserError(f"Fashion-MNIST {split} files in {folder} do not match (images {x.shape}, labels {y.shape}); "
+                            "replace them with the four original files")
         parts[split] = ImageSet(Images(to_rgb_size(x, image_size)), y, FASHION_MNIST_CLASSES)
     return RawDataset(parts["train"], parts["test"])
 

@@ -7,7 +7,7 @@ Each job computes one artifact through the store's lookup-or-compute, so a rerun
 requeued after preemption resumes from its work directory; a training job of `launcher.tasks_per_node` > 1 tasks
 trains data-parallel, rank 0 publishing (compute_distributed). Failed jobs are retried `launcher.max_retries` times (a
 UserError is not retried) and then listed with the tail of their log; their descendants are skipped, and the command
-exits 1. At the end one flat row per run is written to `<root>/sweeps/<sweep>/<profile>/` and `report` turns them
+exits 1 (2 when a stage failed on a user error, with its message on one line). At the end one flat row per run is written to `<root>/sweeps/<sweep>/<profile>/` and `report` turns them
 into results/<sweep>/<profile>/. Sweeps sharing a root compute each artifact once (the store's file locks).
 Launcher fields follow the hydra submitit plugin's resource schema (no hydra).
 """
@@ -19,6 +19,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from digit_bench.artifacts import Artifact, Store, default_root
-from digit_bench.config import LauncherConfig, Sweep, load_sweep, to_dict
+from digit_bench.config import SLUG, LauncherConfig, Sweep, load_sweep, to_dict
 from digit_bench.errors import UserError
 from digit_bench.pipeline import Node, ancestors, compute_spec, depth, run_dag, stage_inputs
 
@@ -332,7 +333,11 @@ def _outcome(job) -> dict:
 
 # ------------------------------------------------------------------------------------------------------ rows
 def rows_dir(store: Store, sweep: str, profile: str) -> Path:
-    return store.root / "sweeps" / sweep / profile
+    """`<root>/sweeps/<sweep>/<profile>`; the names are plain slugs (config.check_values) and the path stays in root."""
+    for what, name in (("sweep name", sweep), ("profile", profile)):
+        if not re.fullmatch(SLUG, name) or ".." in name:
+            raise UserError(f"{what} {name!r} is not a plain name (letters, digits, _.-); rename it")
+    return store.inside(store.root / "sweeps" / sweep / profile)
 
 
 def _read_metrics(store: Store, node: Node | None) -> dict:
@@ -442,6 +447,7 @@ def run_sweep(args: argparse.Namespace) -> dict:
     check_fits(sweep)  # a job that cannot fit its launcher block is refused before anything is submitted
     launcher = sweep.runs[0].cfg.launcher
     cluster = args.cluster or launcher.cluster
+    store.ensure_writable()
     t0 = time.time()
     execute(plan, store, cluster, launcher)
     rows, failed = collect_rows(plan, store)
@@ -457,7 +463,16 @@ def run_sweep(args: argparse.Namespace) -> dict:
             report_from_dir(rdir, out_dir, sweep.name, sweep.profile, store=store)
     for f in failed:
         log.error("FAILED %s at %s/%s:\n%s", f["run_id"], f["stage"], f["artifact"], f["error"])
-    log.info("results: %s/table.md and %s/index.html", out_dir, out_dir)
+    if rows:
+        log.info("results: %s/table.md and %s/index.html", out_dir, out_dir)
+    else:
+        log.error("no run finished: no report written")
+    user_errors = [(key, e) for key, e in plan.failed.items() if e.startswith(USER_ERROR)]
+    if user_errors:  # the same mistake fails every try: exit 2 with its message, as validate would
+        (stage, aid), err = user_errors[0]
+        msg = re.sub(r"^\w+: ", "", err[len(USER_ERROR):].strip().splitlines()[0])
+        more = f" ({len(user_errors) - 1} more stage(s) failed the same way; see the log)" if len(user_errors) > 1 else ""
+        raise UserError(f"{stage}/{aid}: {msg}{more}")
     n_ok = sum(r["row_kind"] == "run" for r in rows)
     return {"sweep": sweep.name, "profile": sweep.profile, "runs": len(sweep.runs), "ok": n_ok,
             "failed": len(failed), "wall_s": round(time.time() - t0, 1), "table": str(out_dir / "table.md"),
@@ -475,7 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit 0 when every run finished, 1 when some failed (listed in the report's failed.md), 2 on a user error."""
+    """Exit 0 when every run finished, 1 when some failed (listed in the report's failed.md), 2 on a user error (in
+    the sweep file, the root, or a stage)."""
     from digit_bench.cli import guarded
 
     args = build_parser().parse_args(argv)

@@ -11,7 +11,9 @@
 Exact resume: `batch_fn` is a pure function of (seed, step), and the loop reseeds torch's global generator (dropout,
 label dropout) from (seed, step, rank) before every update, so randomness never depends on where a run started.
 With model, EMA, optimizer and scheduler states restored from ckpt.pt, a killed-and-resumed run ends bit-identical
-(on CPU) to an uninterrupted one; this is why ckpt.pt stores no RNG states.
+(on CPU) to an uninterrupted one; this is why ckpt.pt stores no RNG states. On resume log.jsonl is cut back to the
+checkpoint's step. SIGTERM/SIGUSR2 (SLURM pre-emption or time limit) make fit checkpoint after the running update
+and then hand the signal to the previous handler (submitit requeues the job), so a requeue loses at most one update.
 
 Data parallel when torch.distributed is initialized (gloo on CPU, nccl on GPU): rank 0's weights are broadcast at
 the start, each rank backpropagates its own micro-batches, and each group's gradients are averaged with one
@@ -28,7 +30,9 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -42,6 +46,7 @@ from tqdm import tqdm
 
 from digit_bench.config import TrainConfig
 from digit_bench.errors import UserError
+from digit_bench.weights import load_weights
 
 LossFn = Callable[[nn.Module, Any], tuple[dict[str, Tensor], dict[str, float]]]
 BatchFn = Callable[[int, int, int], Any]
@@ -72,16 +77,82 @@ def lr_multiplier(cfg: TrainConfig) -> Callable[[int], float]:
 
 
 def save_checkpoint(path: Path, obj: dict) -> None:
-    """torch.save to a temporary file beside `path`, then os.replace: a reader never sees a half-written file."""
+    """torch.save to a temporary file beside `path`, fsync, then os.replace: a reader never sees a half-written file,
+    a node crash never leaves an empty one, and a failed write (no space) leaves the previous checkpoint and no
+    temporary file."""
     path = Path(path)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _PreemptionSignals:
+    """SIGTERM / SIGUSR2 (SLURM pre-emption, time limit, `scontrol requeue`; submitit asks for USR2 before the time
+    limit) received during `fit`: remembered by a handler, acted on after the current update. `fit` then saves a
+    checkpoint and passes the signals on, in the order they came, to the handlers that were there before (submitit's:
+    `checkpoint()`, requeue, exit; none: the default action), so a requeued job loses at most the update that was
+    running. If those handlers return (submitit bypasses SIGTERM, and does not requeue from a rank > 0), fit goes on
+    and keeps remembering signals."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_PreemptionSignals":
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for sig in self.SIGNALS:
+                self.previous[sig] = signal.signal(sig, self._remember)
+        return self
+
+    def _remember(self, signum: int, frame: Any) -> None:
+        if signum not in self.received:  # two pending signals run their handlers back to back: keep both
+            self.received.append(signum)
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+    def pass_on(self) -> None:
+        """Deliver the remembered signals to the handlers they had before fit, then remember again."""
+        received, previous = self.received, dict(self.previous)
+        self.received = []
+        self.__exit__()
+        for signum in received:
+            handler = previous.get(signum, signal.SIG_DFL)
+            if callable(handler):
+                handler(signum, None)
+            elif handler in (signal.SIG_DFL, None):
+                os.kill(os.getpid(), signum)
+        self.__enter__()
+
+    def close(self) -> None:
+        """Restore the earlier handlers; signals remembered but not yet acted on go to them."""
+        self.__exit__()
+        received, self.received = self.received, []
+        for signum in received:
+            os.kill(os.getpid(), signum)
 
 
 def load_checkpoint(path: Path) -> dict:
-    """Load a checkpoint onto the CPU with weights_only=True (tensors and plain containers only)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Load a checkpoint onto the CPU, tensors and plain containers only (weights.load_weights); a truncated one is
+    a UserError saying how to recover."""
+    return load_weights(path, "checkpoint", fix="if it is inside a published artifact run `digit-bench verify --repair`;"
+                        " in a .work directory delete it to restart that training")
 
 
 def device_for(precision: str) -> torch.device:
@@ -140,11 +211,11 @@ def fit(model: nn.Module, loss_fn: LossFn, batch_fn: BatchFn, cfg: TrainConfig, 
         if ema is not None:
             ema = {k: v.to(device) for k, v in ckpt["ema"].items()}
         step = ckpt["step"]
-        if rank == 0:
-            _truncate_log(log_path, step)
     elif distributed:
         for tensor in model.state_dict().values():
             dist.broadcast(tensor, src=0)
+    if rank == 0:  # lines of updates after the checkpoint (all of them without one) are written again below
+        _truncate_log(log_path, step)
 
     def checkpoint() -> None:
         if rank == 0:
@@ -165,7 +236,9 @@ def fit(model: nn.Module, loss_fn: LossFn, batch_fn: BatchFn, cfg: TrainConfig, 
                **({} if rank == 0 else {"disable": True}))
     model.train()
     t_start = time.perf_counter()
+    signals = _PreemptionSignals()
     try:
+        signals.__enter__()
         while step < cfg.steps:
             t_step = time.perf_counter()
             torch.manual_seed(int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0]))
@@ -223,7 +296,14 @@ def fit(model: nn.Module, loss_fn: LossFn, batch_fn: BatchFn, cfg: TrainConfig, 
             bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items() if k.startswith("loss/")}, refresh=False)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 checkpoint()
+            elif signals.received:
+                checkpoint()
+            if signals.received:
+                bar.write(f"{desc}: signal {'+'.join(str(int(s)) for s in signals.received)} at update {step}: "
+                          "checkpoint saved, passing it on", file=sys.stderr)
+                signals.pass_on()
     finally:
+        signals.close()
         bar.close()
         if log_file is not None:
             log_file.close()
@@ -331,11 +411,18 @@ def tensorboard_writer(work_dir: Path):
 
 
 def _truncate_log(log_path: Path, step: int) -> None:
-    """Drop log lines of updates after `step` (written by a run that died before its next checkpoint)."""
+    """Keep the log lines of updates 1..`step` (once each); drop later ones, written by a run that died before its
+    next checkpoint, and any line a crash cut off or garbled."""
     if not log_path.exists():
         return
-    complete = log_path.read_text().split("\n")[:-1]  # a line cut off by the crash has no newline yet
-    lines = [line for line in complete if json.loads(line)["step"] <= step]
+    kept: dict[int, str] = {}
+    for line in log_path.read_text(errors="replace").split("\n")[:-1]:  # a line cut off by a crash has no newline
+        try:
+            s = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if isinstance(s, int) and 1 <= s <= step:
+            kept[s] = line
     tmp = log_path.with_name(f"{log_path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(line + "\n" for line in lines))
+    tmp.write_text("".join(kept[s] + "\n" for s in sorted(kept)))
     os.replace(tmp, log_path)

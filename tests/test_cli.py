@@ -14,6 +14,7 @@ from digit_bench.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["--profile", "smoke"]
+BASE = f"include: {ROOT / 'ablations' / '_base.yaml'}\n"
 
 
 def run_cli(capsys, *argv):
@@ -58,9 +59,9 @@ BAD = {
     "missing include": (lambda t: ["validate", _sweep(t, "include: nope.yaml\n")], "included file not found"),
     "unknown profile": (lambda t: ["validate", "ablations/backbones.yaml", "--profile", "huge"], "unknown profile 'huge'"),
     "unknown dataset": (lambda t: ["validate", "ablations/backbones.yaml", *SMOKE, "--set", "data.name=cifar10"], "unknown dataset 'cifar10'"),
-    "missing data root": (lambda t: ["run", "features", _sweep(t, ""), *SMOKE, "--root", str(t / "r"), "--set", "data.name=imagenet",
+    "missing data root": (lambda t: ["run", "features", _sweep(t, BASE), *SMOKE, "--root", str(t / "r"), "--set", "data.name=imagenet",
                                      "--set", f"data.root={t / 'nowhere'}"], "ImageNet not found"),
-    "unreadable image": (lambda t: ["run", "features", _sweep(t, ""), *SMOKE, "--root", str(t / "r"), "--set", "data.name=folder",
+    "unreadable image": (lambda t: ["run", "features", _sweep(t, BASE), *SMOKE, "--root", str(t / "r"), "--set", "data.name=folder",
                                     "--set", f"data.root={_corrupt_folder(t)}"], "no readable images"),
     "negative size": (lambda t: ["validate", "ablations/backbones.yaml", *SMOKE, "--set", "train.batch_size=-8"], "must be > 0"),
     "empty grid": (lambda t: ["validate", _sweep(t, "grid: []\n")], "empty grid"),

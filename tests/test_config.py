@@ -52,8 +52,8 @@ def test_set_narrows_a_grid_key_and_overrides_others(tmp_path):
 
 @pytest.mark.parametrize("text, value", [("3e-4", 3e-4), ("1E3", 1000.0), ("2.5E-1", 0.25), ("1e-06", 1e-6)])
 def test_set_reads_exponent_numbers_as_floats(tmp_path, text, value):
-    sweep = load_sweep(write(tmp_path, "s.yaml", "grid:\n  tokenizer.k: [16]\n"), "smoke", [f"train.lr={text}"])
-    assert sweep.runs[0].cfg.train.lr == value and isinstance(sweep.runs[0].cfg.train.lr, float)
+    sweep = load_sweep(write(tmp_path, "s.yaml", "grid:\n  tokenizer.k: [16]\n"), "smoke", [f"ldm.cfg_scale={text}"])
+    assert sweep.runs[0].cfg.ldm.cfg_scale == value and isinstance(sweep.runs[0].cfg.ldm.cfg_scale, float)
 
 
 @pytest.mark.parametrize("text", ["e5", "1e", "3e-4x", "dino_tiny"])

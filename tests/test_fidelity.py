@@ -220,7 +220,7 @@ def test_missing_weights_give_one_line_errors(tmp_path, monkeypatch):
 def test_weights_in_the_hub_cache_are_found_and_hashed(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
-    (tmp_path / "hub" / "checkpoints" / INCEPTION_FILE).write_bytes(b"not really weights")
+    torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "hub" / "checkpoints" / INCEPTION_FILE)  # tensors only
     ext = inception_extractor()
     assert ext.weights == str(tmp_path / "hub" / "checkpoints" / INCEPTION_FILE) and len(ext.weights_sha256) == 12
     assert ext.fidelity_name == "inception-v3-compat" and ext.suffix == ""

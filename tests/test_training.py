@@ -3,6 +3,7 @@ multi-group (GAN-style) training."""
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -204,3 +205,98 @@ def test_tensorboard_unset_writes_nothing_and_missing_is_a_user_error(tmp_path, 
     monkeypatch.setitem(__import__("sys").modules, "torch.utils.tensorboard", None)  # as if not installed
     with pytest.raises(training.UserError, match="pip install 'digit_bench\\[tensorboard\\]'"):
         training.tensorboard_writer(tmp_path / "x.work")
+
+
+def test_preemption_signal_checkpoints_after_the_running_update_and_resume_is_exact(tmp_path):
+    """SIGTERM mid-run (SLURM pre-emption): checkpoint at that update, the signal reaches the earlier handler."""
+    import signal
+
+    cfg = train_cfg(steps=12, checkpoint_every=5)
+    straight = tiny_gpt()
+    fit(straight, gpt_loss(0.1), batches(cfg), cfg, tmp_path / "a", seed=3)
+
+    class Requeued(Exception):
+        pass
+
+    def submitit_like(signum, frame):
+        raise Requeued(signum)
+
+    def term_at_7(model, step):
+        if step == 7:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, submitit_like)
+    try:
+        with pytest.raises(Requeued):
+            fit(tiny_gpt(), gpt_loss(0.1), batches(cfg), cfg, tmp_path / "b", seed=3, after_step=term_at_7)
+        assert signal.getsignal(signal.SIGTERM) is submitit_like  # fit put the handler back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert load_checkpoint(tmp_path / "b" / "ckpt.pt")["step"] == 7  # not 5: nothing since the last one is lost
+    resumed = tiny_gpt(init_seed=1)
+    assert fit(resumed, gpt_loss(0.1), batches(cfg), cfg, tmp_path / "b", seed=3)["start_step"] == 7
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert not list((tmp_path / "b").glob("*.tmp-*"))
+
+
+def test_log_is_cut_back_to_the_checkpoint_even_without_one(tmp_path):
+    """A run killed before its first checkpoint restarts from 0: its log lines are not kept twice."""
+    cfg = train_cfg(steps=6, checkpoint_every=100)
+
+    def crash_after_4(model, step):
+        if step == 4:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        fit(tiny_gpt(), gpt_loss(0.1), batches(cfg), cfg, tmp_path, seed=3, after_step=crash_after_4)
+    with open(tmp_path / "log.jsonl", "a") as f:
+        f.write('{"step": 5, "loss/ma')  # cut off by the kill
+    fit(tiny_gpt(), gpt_loss(0.1), batches(cfg), cfg, tmp_path, seed=3)
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+
+
+def test_no_space_during_a_checkpoint_save_keeps_the_last_one_and_no_temporary_file(tmp_path, monkeypatch):
+    import errno
+
+    cfg = train_cfg(steps=8, checkpoint_every=4)
+    real_save = torch.save
+
+    def full_disk(obj, f, *a, **k):
+        if obj["step"] == 8:
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(training.torch, "save", full_disk)
+    with pytest.raises(OSError):
+        fit(tiny_gpt(), gpt_loss(0.1), batches(cfg), cfg, tmp_path, seed=3)
+    assert load_checkpoint(tmp_path / "ckpt.pt")["step"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt", "log.jsonl"]
+    monkeypatch.setattr(training.torch, "save", real_save)
+    assert fit(tiny_gpt(), gpt_loss(0.1), batches(cfg), cfg, tmp_path, seed=3)["start_step"] == 4
+
+
+def test_a_signal_whose_handler_returns_lets_training_go_on_and_catches_the_next(tmp_path):
+    """submitit bypasses SIGTERM on preemption and requeues on the USR2 that follows: fit checkpoints at both."""
+    import signal
+
+    cfg = train_cfg(steps=10, checkpoint_every=100)
+    seen, saved = [], []
+
+    def bypass(signum, frame):
+        seen.append(signum)
+        saved.append(load_checkpoint(tmp_path / "ckpt.pt")["step"])
+
+    def signal_at(model, step):
+        if step in (3, 6):
+            os.kill(os.getpid(), signal.SIGTERM if step == 3 else signal.SIGUSR2)
+
+    previous = {sig: signal.signal(sig, bypass) for sig in (signal.SIGTERM, signal.SIGUSR2)}
+    try:
+        assert fit(tiny_gpt(), gpt_loss(0.1), batches(cfg), cfg, tmp_path, seed=3, after_step=signal_at)["steps"] == 10
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    assert seen == [signal.SIGTERM, signal.SIGUSR2] and saved == [3, 6]

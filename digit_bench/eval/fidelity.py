@@ -24,6 +24,7 @@ import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,6 +41,7 @@ from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from
 
 from digit_bench.errors import UserError
 from digit_bench.models.classifier import Classifier, evaluate_accuracy, load_classifier
+from digit_bench.weights import load_weights, tensor_buffer
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 DINOV2_FILE = "dinov2_vitl14_pretrain.pth"
@@ -146,10 +148,18 @@ def _explicit_file(weights: str, what: str) -> Path:
     return path
 
 
+@functools.lru_cache(maxsize=4)
+def _checked_weights(path: str, size: int, mtime_ns: int, what: str) -> Any:
+    """load_weights of a file, once per (path, size, mtime)."""
+    return load_weights(path, what)
+
+
 def inception_extractor(weights: str | None = None) -> Extractor:
     """torch-fidelity's TF-compatible InceptionV3 (the standard FID/IS), from `weights` or the torch.hub cache."""
     what = "Inception-v3 (torch-fidelity)"
     path = _explicit_file(weights, what) if weights else _hub_checkpoint(INCEPTION_FILE, URL_INCEPTION_V3, what)
+    st = path.stat()
+    _checked_weights(str(path), st.st_size, st.st_mtime_ns, what)  # tensors only: a pickled payload is refused here
     return Extractor("inception", "inception-v3-compat", str(path), file_sha256(path), "2048", "logits_unbiased", True)
 
 
@@ -195,6 +205,7 @@ def dinov2_extractor(weights: str | None = None) -> Extractor:
                         f"{DINOV2_FILE} in {hub / 'checkpoints'} and the facebookresearch/dinov2 code in "
                         f"{hub / 'facebookresearch_dinov2_main'}")
     path = _hub_checkpoint(DINOV2_FILE, DINOV2_URL, "DINOv2 ViT-L/14")
+    load_weights(path, "DINOv2 ViT-L/14 (torch.hub cache)", mmap=True)  # torch.hub unpickles it: only tensors pass
     if not any((hub / f"facebookresearch_dinov2_{ref}").is_dir() for ref in ("main", "master")):
         raise UserError(f"DINOv2 hub code not found in {hub / 'facebookresearch_dinov2_main'}; run "
                         f"`torch.hub.load('facebookresearch/dinov2', 'dinov2_vitl14')` once with network "
@@ -239,7 +250,14 @@ def extract_features(images: np.ndarray, extractor: Extractor, batch_size: int =
     """
     layers = layers or [extractor.feature_layer] + ([extractor.logits_layer] if extractor.logits_layer else [])
     cuda = torch.cuda.is_available() if cuda is None else cuda
-    weights = {"feature_extractor_weights_path": extractor.weights} if extractor.pass_weights else {}
+    weights = {}
+    if extractor.pass_weights and extractor.fidelity_name == "inception-v3-compat":
+        # torch-fidelity torch.load()s this with weights_only=False: hand it the checked tensors, not the file
+        st = Path(extractor.weights).stat()
+        state = _checked_weights(extractor.weights, st.st_size, st.st_mtime_ns, "Inception-v3 (torch-fidelity)")
+        weights = {"feature_extractor_weights_path": tensor_buffer(state)}
+    elif extractor.pass_weights:  # our local classifier: load_classifier reads it with weights_only=True
+        weights = {"feature_extractor_weights_path": extractor.weights}
     module = create_feature_extractor(extractor.fidelity_name, list(layers), cuda=cuda, verbose=False, **weights)
     # save_cpu_ram: no DataLoader workers; the images are already in memory and workers only cost start-up time.
     return get_featuresdict_from_dataset(UInt8Images(images), module, batch_size, cuda, save_cpu_ram=True,

@@ -20,7 +20,6 @@ taming/modules/vqvae/quantize.py), MIT license, and https://github.com/LTH14/mag
 from __future__ import annotations
 
 import math
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ from digit_bench.config import VQGANConfig
 from digit_bench.errors import UserError
 from digit_bench.models.gan_loss import AutoencoderGANLoss
 from digit_bench.training import fit, micro_batches, save_checkpoint
+from digit_bench.weights import load_weights
 
 ARCHS = ("taming", "maskgit")
 
@@ -332,11 +332,7 @@ def load_taming_checkpoint(model: VQGAN, path: str | Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"VQGAN weights {path} not found; set vqgan.weights to a taming/MAGE-format checkpoint")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError) as e:
-        raise UserError(f"{path} is not loadable with torch.load(weights_only=True) ({str(e).splitlines()[0]}); "
-                        f"re-save just its state_dict with torch.save") from e
+    state = load_weights(path, "vqgan.weights")
     state = state.get("state_dict", state)
     state = {k: v for k, v in state.items() if not k.startswith("loss.")}
     own = model.state_dict()
