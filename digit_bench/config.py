@@ -229,7 +229,13 @@ class LauncherConfig:
 class ExperimentConfig:
     name: str = "experiment"  # sweep name (results/<name>/<profile>/)
     profile: str = "tiny"
-    seed: int = 0  # run seed: GPT init, data order, sampling (K-Means has its own tokenizer.seed)
+    seed: int = 0  # run seed: what it re-keys is seed_scope's choice
+    # full: the run seed offsets the seed of every stochastic stage (SSL pretraining / random init, K-Means images and
+    # init, VQGAN, stage 2, GPT, sampling, VAE + LDM, the local FD classifier), so the std over seeds covers the whole
+    # pipeline; seed 0 is the configured seeds. generator: only the GPT / LDM, its samples and the probe (the
+    # tokenizer, decoders and judge are shared instruments), cheaper but blind to their variance.
+    seed_scope: Literal["full", "generator"] = "full"
+    threads: int = 1  # CPU threads of every stage; in every artifact id: bit-identical reruns need the same count
     generator: Literal["digit", "vqgan_ar", "ldm"] = "digit"
     data: DataConfig = DataConfig()
     backbone: BackboneConfig = BackboneConfig()
@@ -376,7 +382,7 @@ _POSITIVE = {"image_size", "batch_size", "steps", "k", "niter", "num_samples", "
              "patch_size", "ch", "n_embed", "z_channels", "maskgit_steps", "epochs", "num_images", "max_points_per_centroid",
              "num_train_timesteps", "num_inference_steps", "out_dim", "grad_accum", "checkpoint_every", "num_res_blocks",
              "cpus_per_task", "mem_gb", "timeout_min", "array_parallelism", "local_workers", "tasks_per_node",
-             "latent_channels", "bootstrap", "kid_subset_size", "prc_neighborhood", "local_crops"}
+             "latent_channels", "bootstrap", "kid_subset_size", "prc_neighborhood", "local_crops", "threads"}
 _NON_NEGATIVE = {"num_val", "warmup_steps", "gpus_per_node", "max_retries", "max_num_timeout", "top_k", "disc_start",
                  "lr", "weight_decay", "grad_clip", "label_smoothing", "beta", "disc_weight", "perceptual_weight",
                  "kl_weight", "seed", "split_seed", "init_seed"}

@@ -20,7 +20,7 @@ from digit_bench.config import DataConfig, build
 from digit_bench.data import load_split
 from digit_bench.stages.common import backbone_from, device, device_info, save_json
 
-VERSION = 1
+VERSION = 2
 RESUMABLE = False
 
 
