@@ -31,7 +31,7 @@ class DataConfig:
     root: Optional[str] = None  # data folder; None = the dataset's default places ($DIGIT_BENCH_DATA, Debian files)
     image_size: int = 32  # square side in pixels the images are given at (paper: 256)
     num_train: Optional[int] = None  # first-N of a seeded permutation of train (None = all)
-    num_val: int = 5000  # images carved from train for validation (probe lr choice, stage-2 ceiling); never test
+    num_val: int = 5000  # images carved from train for validation (stage-2 ceiling); never test
     num_test: Optional[int] = None  # first-N of a seeded permutation of test (None = all)
     split_seed: int = 0  # seed of the permutations above
 
@@ -154,10 +154,9 @@ class EvalConfig:
 @dataclass(frozen=True)
 class ProbeConfig:
     enabled: bool = True  # linear probe of the stage-1 GPT (and of the backbone: Acc@OL)
-    lrs: tuple[float, ...] = (0.01, 0.1, 0.4)  # lr grid, chosen on a held-out part of train (paper: 0.4)
-    epochs: int = 30  # passes over the probe train set
-    batch_size: int = 256
-    holdout_fraction: float = 0.1  # part of train held out to choose the lr and layer (never test)
+    l2s: tuple[float, ...] = (1e-3, 1e-2, 1e-1)  # starting L2 grid (grows 10x past an edge until the choice is interior)
+    max_iter: int = 500  # L-BFGS iterations of each (convex) logistic-regression fit
+    holdout_fraction: float = 0.1  # part of train held out to choose the l2 and layer (never test)
     num_train: Optional[int] = None  # probe train images (None = all of train)
 
 
@@ -380,7 +379,7 @@ def config_hash(d: dict, n: int = 10) -> str:
 # ------------------------------------------------------------------------------------------- impossible values
 _POSITIVE = {"image_size", "batch_size", "steps", "k", "niter", "num_samples", "embed_dim", "depth", "num_heads",
              "patch_size", "ch", "n_embed", "z_channels", "maskgit_steps", "epochs", "num_images", "max_points_per_centroid",
-             "num_train_timesteps", "num_inference_steps", "out_dim", "grad_accum", "checkpoint_every", "num_res_blocks",
+             "num_train_timesteps", "num_inference_steps", "out_dim", "max_iter", "grad_accum", "checkpoint_every", "num_res_blocks",
              "cpus_per_task", "mem_gb", "timeout_min", "array_parallelism", "local_workers", "tasks_per_node",
              "latent_channels", "bootstrap", "kid_subset_size", "prc_neighborhood", "local_crops", "threads"}
 _NON_NEGATIVE = {"num_val", "warmup_steps", "gpus_per_node", "max_retries", "max_num_timeout", "top_k", "disc_start",

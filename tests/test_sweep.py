@@ -36,7 +36,7 @@ FAST_SETS = ["data.num_train=200", "data.num_val=40", "ssl.train.steps=1", "ssl.
              "vqgan.train.steps=3", "vqgan.train.batch_size=8", "stage2.train.steps=3", "stage2.train.batch_size=8",
              "train.steps=12", "train.checkpoint_every=3", "eval.local_train.steps=5", "eval.local_train.batch_size=32",
              "ldm.train.steps=2", "ldm.train.batch_size=8", "ldm.vae_train.steps=2", "ldm.vae_train.batch_size=8",
-             "ldm.num_inference_steps=2", "probe.epochs=1", "probe.num_train=100", "stability.num_images=8"]
+             "ldm.num_inference_steps=2", "probe.max_iter=50", "probe.num_train=100", "stability.num_images=8"]
 FAST = [a for kv in FAST_SETS for a in ("--set", kv)]
 VQ_ONLY = ["--set", "generator=vqgan_ar"]  # narrows the grid: the VQGAN-AR run (its training is resumable)
 # In-process (debug) sweeps get the threads of a local job: CPU results are bitwise equal only at equal thread counts.

@@ -91,8 +91,8 @@ def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
                                  torch.from_numpy(np.load(tok / "labels_train.npy")),
                                  [torch.from_numpy(np.load(tok / "pooled_test.npy").astype(np.float32))],
                                  torch.from_numpy(np.load(tok / "labels_test.npy")),
-                                 lrs=pc["lrs"], epochs=pc["epochs"], batch_size=pc["batch_size"],
-                                 holdout_fraction=pc["holdout_fraction"], seed=0, num_classes=meta["num_classes"])
+                                 l2s=pc["l2s"], max_iter=pc["max_iter"], holdout_fraction=pc["holdout_fraction"],
+                                 seed=0, num_classes=meta["num_classes"])
         row["acc_ol"] = ol["probe_top1"]
     row.update(stability(encode, images, st["snrs_db"], st["seed"]))
     save_json(out / "metrics.json", row)
