@@ -1,4 +1,4 @@
-"""The `digit-bench` command: ls | validate | run | sweep | status | report | bench.
+"""The `digit-bench` command: ls | validate | run | sweep | status | report | compare | bench.
 
 Logs go to stderr and one JSON summary line to stdout. Every user error exits 2 with a one-line message naming the
 cause and the fix (`--debug` shows the traceback).
@@ -108,6 +108,12 @@ def cmd_report(args: argparse.Namespace) -> dict:
     return {"report": str(out)}
 
 
+def cmd_compare(args: argparse.Namespace) -> dict:
+    from digit_bench.compare import main as compare_main
+
+    return compare_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from digit_bench.sweep import add_sweep_args, build_parser as sweep_parser
 
@@ -133,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--root", default=None)
     s.add_argument("--results", default="results")
     s.set_defaults(fn=cmd_report)
+    s = sub.add_parser("compare", help="does each metric of results B land inside results A's interval")
+    s.add_argument("a", help="results.csv with the intervals (e.g. the committed results/<sweep>/<profile>/results.csv)")
+    s.add_argument("b", help="results.csv of a rerun")
+    s.add_argument("--out", default=None, help="also write the per-row table to this CSV")
+    s.set_defaults(fn=cmd_compare)
     sub.add_parser("sweep", help="run a sweep (same as python -m digit_bench.sweep)", add_help=False)
     sub.add_parser("bench", help="tokenizer micro-benchmarks as a table", add_help=False)
     return p
