@@ -9,7 +9,8 @@ Which seeds enter which nodes (`seed_scope`, recorded in every row with each sta
 - full (default): the run seed offsets every stochastic stage's seed: SSL pretraining (or the random ViT's init),
   the images K-Means sees and its init, the VQGAN, the stage-2 decoder, the stage-1 GPT, all sampling seeds, the
   VAE and the LDM, and the local FD classifier with its reference features. The std over seeds then covers the
-  whole pipeline. Seed 0 is the configured seeds, so its artifacts are the same under both scopes.
+  whole pipeline. Seed 0 is the configured seeds, so its artifacts are the same under both scopes. The data
+  subsets (data.split_seed) and the stability noise (stability.seed) stay fixed: they define the task and the test.
 - generator: the run seed re-keys the stage-1 GPT, its samples, the probe and the LDM only; the backbone, K-Means,
   VQGAN, stage 2, VAE and classifier are shared by all run seeds (fixed "instruments"): cheaper, and blind to the
   variance of those stages.

@@ -348,9 +348,13 @@ def collect_rows(plan: Plan, store: Store) -> tuple[list[dict], list[dict]]:
                 continue
             seen_ceilings.add(node.id)
             m = _read_metrics(store, node)
-            # under seed_scope full every seed has its own ceilings (its own decoders and judge)
+            # under seed_scope full every seed has its own ceilings (its own decoders and judge); a ceiling row names
+            # the seeds of the stages it depends on: the judge (real images), or the tokenizer and decoders too
+            seeds = stage_seeds(run.cfg)
+            own = {"judge"} if role == "real_metrics" else set(seeds) - {"gpt", "sample", "ldm"}
             ceiling = {"run_id": node.id, "sweep": plan.sweep.name, "profile": plan.sweep.profile,
-                       "seed": instrument_seed(run.cfg), **scope}
+                       "seed": instrument_seed(run.cfg), **scope,
+                       "stage_seeds": json.dumps({k: v for k, v in seeds.items() if k in own}, sort_keys=True)}
             if m:
                 rows.append({**ceiling, "generator": m.get("label", role), "row_kind": "ceiling", **m})
             else:
