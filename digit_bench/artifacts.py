@@ -168,6 +168,27 @@ class CorruptArtifact(UserError):
     """A published artifact whose files do not match its manifest."""
 
 
+def runtime_info() -> dict:
+    """Manifest fields of the process computing a stage: torch's thread count and device, the BLAS/OpenMP
+    libraries loaded (threadpoolctl: API, version, threads, kernel family) and the CPU model."""
+    import torch
+    from threadpoolctl import threadpool_info
+
+    cpu = next((line.split(":", 1)[1].strip() for line in _read_lines("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    libs = [{k: lib.get(k) for k in ("internal_api", "version", "num_threads", "threading_layer", "architecture")}
+            | {"file": Path(lib["filepath"]).name} for lib in threadpool_info()]
+    return {"torch_threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name() if torch.cuda.is_available()
+            else None, "cpu": cpu, "blas_openmp": libs}
+
+
+def _read_lines(path: str) -> list[str]:
+    try:
+        return Path(path).read_text().splitlines()
+    except OSError:
+        return []
+
+
 class Store:
     """The artifact root.
 

@@ -1,5 +1,5 @@
-"""The `digit-bench` command: ls | validate | plan | run | sweep | status | report | verify | score | import | bench |
-doctor.
+"""The `digit-bench` command: ls | validate | plan | run | sweep | status | report | compare | verify | score | import |
+bench | doctor.
 
 Logs go to stderr and one JSON summary line to stdout. Every user error exits 2 with a one-line message naming the
 cause and the fix (`--debug` shows the traceback).
@@ -231,6 +231,12 @@ def _repair(store, corrupt: dict) -> tuple[list[str], list[str]]:
     return done, moved
 
 
+def cmd_compare(args: argparse.Namespace) -> dict:
+    from digit_bench.compare import main as compare_main
+
+    return compare_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from digit_bench.sweep import add_sweep_args, build_parser as sweep_parser
 
@@ -302,6 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--root", default=None, help="artifact root (default $DIGIT_BENCH_ROOT or ./runs)")
     s.add_argument("--repair", action="store_true", help="quarantine corrupt artifacts and recompute them")
     s.set_defaults(fn=cmd_verify)
+    s = sub.add_parser("compare", help="does each metric of results B land inside results A's interval")
+    s.add_argument("a", help="results.csv with the intervals (e.g. the committed results/<sweep>/<profile>/results.csv)")
+    s.add_argument("b", help="results.csv of a rerun")
+    s.add_argument("--out", default=None, help="also write the per-row table to this CSV")
+    s.set_defaults(fn=cmd_compare)
     sub.add_parser("sweep", help="run a sweep (same as python -m digit_bench.sweep)", add_help=False)
     sub.add_parser("bench", help="tokenizer micro-benchmarks as a table", add_help=False)
     sub.add_parser("doctor", help="device check of the paper path (same as python -m digit_bench.doctor)",

@@ -5,24 +5,35 @@ module (digit_bench/stages/<stage>.py exposing VERSION, RESUMABLE and `compute(c
 slice of the config that affects its bytes, and its parent nodes; its id hashes all three. Runs of a sweep share
 every node whose inputs agree, so the sweep computes each one once.
 
-Which seeds enter which nodes: the run seed re-keys the stage-1 GPT, its samples, the LDM and everything below
-them; the backbone (pretrain_ssl), K-Means (tokenizer.seed), the VQGAN, the stage-2 decoder, the local classifier
-and the reference statistics are shared by all run seeds (they are the fixed "instruments" of the comparison).
+Which seeds enter which nodes (`seed_scope`, recorded in every row with each stage's seed, `stage_seeds`):
+- full (default): the run seed offsets every stochastic stage's seed: SSL pretraining (or the random ViT's init),
+  the images K-Means sees and its init, the VQGAN, the stage-2 decoder, the stage-1 GPT, all sampling seeds, the
+  VAE and the LDM, and the local FD classifier with its reference features. The std over seeds then covers the
+  whole pipeline. Seed 0 is the configured seeds, so its artifacts are the same under both scopes. The data
+  subsets (data.split_seed) and the stability noise (stability.seed) stay fixed: they define the task and the test.
+- generator: the run seed re-keys the stage-1 GPT, its samples, the probe and the LDM only; the backbone, K-Means,
+  VQGAN, stage 2, VAE and classifier are shared by all run seeds (fixed "instruments"): cheaper, and blind to the
+  variance of those stages.
+Every node's config carries `threads`, the CPU thread count it runs at (`fixed_threads`), so an artifact id names
+the one thread count its bytes are reproducible at.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import ModuleType
 
-from digit_bench.artifacts import Artifact, Store, artifact_id
+from digit_bench.artifacts import Artifact, Store, artifact_id, runtime_info
 from digit_bench.config import ExperimentConfig, to_dict
 from digit_bench.data import GREY_DATASETS
 
 SSL_BACKBONES = {"dino_tiny": "dino", "mae_tiny": "mae", "sup_tiny": "sup"}
-FIXED_SEED = 0  # seed of the shared instruments (VQGAN, stage 2, classifier)
+FIXED_SEED = 0  # configured seed of the VQGAN, stage 2, VAE and classifier (offset by the run seed under full scope)
 
 
 @dataclass(eq=False)
@@ -78,12 +89,39 @@ def stage_inputs(store: Store, spec: dict) -> tuple[ModuleType, dict[str, Artifa
     return module, parents
 
 
+@contextmanager
+def fixed_threads(n: int):
+    """Run the body with `n` CPU threads in torch, every loaded OpenMP/BLAS library, and those loaded later.
+
+    CPU kernels split reductions (conv weight gradients, GEMM blocks, faiss sums) by thread count, so the same stage
+    gives other bits at another count: the debug executor ran stages at 2 threads, local/SLURM jobs at 1, and the
+    VQGAN's GAN training drifted apart over its steps. Environment variables reach libraries loaded inside the body
+    (faiss's bundled OpenBLAS and OpenMP); threadpoolctl those loaded already. torch's count is restored after.
+    """
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        with threadpool_limits(limits=n):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def compute_spec(store: Store, spec: dict, log=print) -> Artifact:
-    """Compute (or reuse) the node described by `spec`; its parents must be published."""
+    """Compute (or reuse) the node described by `spec`, at its thread count; its parents must be published."""
     module, parents = stage_inputs(store, spec)
-    return store.lookup_or_compute(spec["stage"], spec["id"], spec["cfg"], parents,
-                                   lambda out: module.compute(spec["cfg"], parents, out),
-                                   resumable=module.RESUMABLE, log=log)
+
+    def run(out):
+        with fixed_threads(spec["cfg"].get("threads", 1)):
+            return {**module.compute(spec["cfg"], parents, out), "runtime": runtime_info()}
+
+    return store.lookup_or_compute(spec["stage"], spec["id"], spec["cfg"], parents, run, resumable=module.RESUMABLE,
+                                   log=log)
 
 
 def compute(store: Store, node: Node, log=print) -> Artifact:
@@ -119,6 +157,33 @@ def depth(node: Node, memo: dict | None = None) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ the graph
+def scoped(cfg: ExperimentConfig) -> ExperimentConfig:
+    """`cfg` with its stage seeds offset by the run seed under seed_scope full (unchanged under generator)."""
+    if cfg.seed_scope != "full" or cfg.seed == 0:
+        return cfg
+    s, rep = cfg.seed, dataclasses.replace
+    return rep(cfg, backbone=rep(cfg.backbone, init_seed=cfg.backbone.init_seed + s),
+               features=rep(cfg.features, seed=cfg.features.seed + s),
+               tokenizer=rep(cfg.tokenizer, seed=cfg.tokenizer.seed + s),
+               sample=rep(cfg.sample, seed=cfg.sample.seed + s))
+
+
+def instrument_seed(cfg: ExperimentConfig) -> int:
+    """Seed of the VQGAN, stage 2, VAE, classifier and the ceilings' bootstrap: FIXED_SEED, + run seed under full."""
+    return FIXED_SEED + (cfg.seed if cfg.seed_scope == "full" else 0)
+
+
+def stage_seeds(cfg: ExperimentConfig) -> dict[str, int]:
+    """The seed each stochastic stage of the run used (rows carry it as `stage_seeds`, next to `seed_scope`)."""
+    c, fixed = scoped(cfg), instrument_seed(cfg)
+    out = {"backbone": c.backbone.init_seed, "kmeans_images": c.features.seed, "kmeans": c.tokenizer.seed,
+           "vqgan": fixed, "stage2": fixed, "gpt": c.seed, "sample": c.sample.seed, "vae": fixed, "ldm": c.seed,
+           "judge": fixed}
+    keep = {"digit": ("backbone", "kmeans_images", "kmeans", "vqgan", "stage2", "gpt", "sample", "judge"),
+            "vqgan_ar": ("vqgan", "gpt", "sample", "judge"), "ldm": ("vae", "ldm", "sample", "judge")}[cfg.generator]
+    return {k: out[k] for k in keep}
+
+
 def _data(cfg: ExperimentConfig) -> dict:
     return to_dict(cfg.data)
 
@@ -132,7 +197,7 @@ def classifier_node(cfg: ExperimentConfig) -> Node:
     """The `local` extractor: trained on the whole train part (train.num_train does not cut it), test images scored."""
     data = {**_data(cfg), "num_train": None, "num_test": None}
     return Node("classifier", f"local-{cfg.data.name}{cfg.data.image_size}",
-                {"data": data, "train": to_dict(cfg.eval.local_train), "seed": FIXED_SEED})
+                {"data": data, "train": to_dict(cfg.eval.local_train), "seed": instrument_seed(cfg)})
 
 
 def reference_node(cfg: ExperimentConfig, extractor: str) -> Node:
@@ -196,7 +261,7 @@ def kmeans_nodes(cfg: ExperimentConfig) -> dict[str, Node]:
 def vqgan_nodes(cfg: ExperimentConfig) -> dict[str, Node]:
     vq = {k: v for k, v in to_dict(cfg.vqgan).items()}
     vqgan = Node("vqgan", f"vqgan-{cfg.data.name}{cfg.data.image_size}-n{cfg.vqgan.n_embed}",
-                 {"data": _data(cfg), "vqgan": vq, "seed": FIXED_SEED})
+                 {"data": _data(cfg), "vqgan": vq, "seed": instrument_seed(cfg)})
     vq_tokens = Node("vq_tokenize", f"vq-n{cfg.vqgan.n_embed}",
                      {"data": _data(cfg), "views": list(cfg.tokenizer.views)}, {"vqgan": vqgan})
     return {"vqgan": vqgan, "vq_tokens": vq_tokens}
@@ -222,6 +287,7 @@ def stage1_nodes(cfg: ExperimentConfig, tokens: Node, label: str) -> dict[str, N
 
 def run_dag(cfg: ExperimentConfig) -> dict[str, Node]:
     """role -> node for everything one run needs; `metrics` and the ceiling metrics are its sinks."""
+    cfg = scoped(cfg)
     nodes: dict[str, Node] = {}
     if cfg.generator in ("digit", "vqgan_ar"):
         nodes.update(vqgan_nodes(cfg))
@@ -235,7 +301,7 @@ def run_dag(cfg: ExperimentConfig) -> dict[str, Node]:
                                           {"tokens": nodes["tokens"], "centroids": nodes["centroids"],
                                            "features": nodes["features"], **backbone_parents(cfg)})
         nodes["stage2"] = Node("stage2", f"{cfg.stage2.kind}-{cfg.stage2.size}-{label}",
-                               {"stage2": to_dict(cfg.stage2), "seed": FIXED_SEED},
+                               {"stage2": to_dict(cfg.stage2), "seed": instrument_seed(cfg)},
                                {"tokens": nodes["tokens"], "vq_tokens": nodes["vq_tokens"]})
         render = {"stage2": to_dict(cfg.stage2), "sample_seed": cfg.sample.seed, "batch_size": cfg.sample.batch_size,
                   **_pixels(cfg)}
@@ -244,8 +310,8 @@ def run_dag(cfg: ExperimentConfig) -> dict[str, Node]:
         nodes["ceiling_images"] = Node("render", f"digit_vq_ceiling-{label}",
                                        {**render, "source": "ground_truth", "split": cfg.eval.ceiling_split},
                                        {"tokens": nodes["tokens"], "stage2": nodes["stage2"], "vqgan": nodes["vqgan"]})
-        nodes["ceiling_metrics"] = evaluate_node(cfg, nodes["ceiling_images"], f"digit_vq_ceiling-{label}", FIXED_SEED,
-                                                 cfg.backbone.name)
+        nodes["ceiling_metrics"] = evaluate_node(cfg, nodes["ceiling_images"], f"digit_vq_ceiling-{label}",
+                                                 instrument_seed(cfg), cfg.backbone.name)
     elif cfg.generator == "vqgan_ar":
         label = f"vq{cfg.vqgan.n_embed}"
         nodes.update(stage1_nodes(cfg, nodes["vq_tokens"], label))
@@ -259,12 +325,12 @@ def run_dag(cfg: ExperimentConfig) -> dict[str, Node]:
         nodes["ceiling_images"] = Node("render", "vq_recon", {"source": "reconstruction", "batch_size": cfg.sample.batch_size,
                                                               "split": cfg.eval.ceiling_split, **_pixels(cfg)},
                                        {"vqgan": nodes["vqgan"], "tokens": nodes["vq_tokens"]})
-        nodes["ceiling_metrics"] = evaluate_node(cfg, nodes["ceiling_images"], "vq_only", FIXED_SEED, "vqgan")
+        nodes["ceiling_metrics"] = evaluate_node(cfg, nodes["ceiling_images"], "vq_only", instrument_seed(cfg), "vqgan")
     else:  # ldm
         ldm = to_dict(cfg.ldm)
         vae = Node("vae", f"vae-{cfg.data.name}{cfg.data.image_size}",
                    {"data": _data(cfg), "ldm": {k: ldm[k] for k in ("vae_weights", "latent_channels", "vae_channels", "kl_weight", "vae_train")},
-                    "seed": FIXED_SEED})
+                    "seed": instrument_seed(cfg)})
         latents = Node("latents", f"latents-{cfg.data.name}", {"data": _data(cfg)}, {"vae": vae})
         diffusion = Node("diffusion", f"{ldm['denoiser']}-s{cfg.seed}", {"ldm": ldm, "seed": cfg.seed}, {"latents": latents})
         nodes.update(vae=vae, latents=latents, diffusion=diffusion)
@@ -275,8 +341,17 @@ def run_dag(cfg: ExperimentConfig) -> dict[str, Node]:
                                {"diffusion": diffusion, "vae": vae, "latents": latents})
     tokenizer_backbone = cfg.backbone.name if cfg.generator == "digit" else cfg.generator
     nodes["metrics"] = evaluate_node(cfg, nodes["images"], f"{cfg.generator}-s{cfg.seed}", cfg.seed, tokenizer_backbone)
-    nodes["real_metrics"] = evaluate_node(cfg, real_images_node(cfg), "real_val", FIXED_SEED, "real")
+    nodes["real_metrics"] = evaluate_node(cfg, real_images_node(cfg), "real_val", instrument_seed(cfg), "real")
+    _set_threads(list(nodes.values()), cfg.threads)
     return nodes
+
+
+def _set_threads(nodes: list[Node], threads: int) -> None:
+    """Put the thread count into the config of `nodes` and their ancestors, before any id is computed."""
+    for node in nodes:
+        if "threads" not in node.cfg:
+            node.cfg["threads"] = threads
+            _set_threads(list(node.parents.values()), threads)
 
 
 def real_images_node(cfg: ExperimentConfig) -> Node:

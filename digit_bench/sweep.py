@@ -29,10 +29,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from digit_bench.artifacts import Artifact, Store, default_root
+from digit_bench.artifacts import Artifact, Store, default_root, runtime_info
 from digit_bench.config import SLUG, LauncherConfig, Sweep, load_sweep, to_dict
 from digit_bench.errors import UserError
-from digit_bench.pipeline import Node, ancestors, compute_spec, depth, run_dag, stage_inputs
+from digit_bench.pipeline import (Node, ancestors, compute_spec, depth, fixed_threads, instrument_seed, run_dag,
+                                  stage_inputs, stage_seeds)
 
 log = logging.getLogger("digit_bench")
 TRAINING_STAGES = {"train", "stage2", "vqgan", "pretrain_ssl", "diffusion", "vae", "classifier"}
@@ -166,7 +167,8 @@ def compute_distributed(store: Store, spec: dict, rank: int) -> Artifact:
         def compute_work(work: Path) -> dict:
             announced.append(work)
             _share(str(work))
-            extras = module.compute(spec["cfg"], parents, work)
+            with fixed_threads(spec["cfg"].get("threads", 1)):
+                extras = {**module.compute(spec["cfg"], parents, work), "runtime": runtime_info()}
             dist.barrier()
             return extras
 
@@ -186,7 +188,8 @@ def compute_distributed(store: Store, spec: dict, rank: int) -> Artifact:
     scratch.mkdir()
     (scratch / "ckpt.pt").symlink_to(Path(work) / "ckpt.pt")
     try:
-        module.compute(spec["cfg"], parents, scratch)
+        with fixed_threads(spec["cfg"].get("threads", 1)):
+            module.compute(spec["cfg"], parents, scratch)
     finally:
         shutil.rmtree(scratch)
     dist.barrier()
@@ -371,15 +374,24 @@ def collect_rows(plan: Plan, store: Store) -> tuple[list[dict], list[dict]]:
     rows, failed, seen_ceilings = [], [], set()
     for run in plan.sweep.runs:
         dag = plan.dags[run.run_id]
+        # what the seed re-keyed: seed_scope and each stochastic stage's seed (a JSON text column)
+        scope = {"seed_scope": run.cfg.seed_scope, "stage_seeds": json.dumps(stage_seeds(run.cfg), sort_keys=True),
+                 "threads": run.cfg.threads}
         base = {"run_id": run.run_id, "sweep": plan.sweep.name, "profile": plan.sweep.profile, "seed": run.cfg.seed,
-                "generator": run.cfg.generator, **{k: v for k, v in run.point.items()}}
+                "generator": run.cfg.generator, **{k: v for k, v in run.point.items()}, **scope}
         for role in ("ceiling_metrics", "real_metrics"):
             node = dag.get(role)
             if node is None or node.id in seen_ceilings:
                 continue
             seen_ceilings.add(node.id)
             m = _read_metrics(store, node)
-            ceiling = {"run_id": node.id, "sweep": plan.sweep.name, "profile": plan.sweep.profile, "seed": 0}
+            # under seed_scope full every seed has its own ceilings (its own decoders and judge); a ceiling row names
+            # the seeds of the stages it depends on: the judge (real images), or the tokenizer and decoders too
+            seeds = stage_seeds(run.cfg)
+            own = {"judge"} if role == "real_metrics" else set(seeds) - {"gpt", "sample", "ldm"}
+            ceiling = {"run_id": node.id, "sweep": plan.sweep.name, "profile": plan.sweep.profile,
+                       "seed": instrument_seed(run.cfg), **scope,
+                       "stage_seeds": json.dumps({k: v for k, v in seeds.items() if k in own}, sort_keys=True)}
             if m:
                 rows.append({**ceiling, "generator": m.get("label", role), "row_kind": "ceiling", **m})
             else:

@@ -17,10 +17,10 @@ from PIL import Image
 
 from digit_bench.config import EvalConfig
 from digit_bench.errors import UserError
-from digit_bench.eval.fidelity import (INCEPTION_FILE, LOCAL_NAME, Extractor, UInt8Images, bootstrap_fd, circular,
-                                       class_accuracy, compute_metrics, dinov2_extractor, extract_features,
-                                       frechet_distance, inception_extractor, load_reference, local_extractor,
-                                       reference_features, save_reference)
+from digit_bench.eval.fidelity import (INCEPTION_FILE, LOCAL_NAME, Extractor, Reference, UInt8Images, bootstrap_fd,
+                                       circular, class_accuracy, compute_metrics, dinov2_extractor, extract_features,
+                                       fd_interval, frechet_distance, inception_extractor, load_reference,
+                                       local_extractor, reference_features, save_reference)
 from digit_bench.eval.grids import save_grid
 from digit_bench.models.classifier import (Classifier, evaluate_accuracy, load_classifier, save_classifier,
                                            train_classifier)
@@ -89,8 +89,10 @@ def test_equals_a_direct_torch_fidelity_call(real, ref, local):
 def test_metric_names_and_protocol(ref, local):
     out = compute_metrics(make_images(120, seed=4), ref, local, kid_subset_size=50, bootstrap=20,
                           reference_id="fashion_mnist-test-abc")
-    assert set(out) == {"num_samples", "fd_local", "fd_local_ci_low", "fd_local_ci_high", "is_local", "is_local_std",
-                        "kid_local", "precision_local", "recall_local", "protocol_local"}
+    assert set(out) == {"num_samples", "fd_local", "fd_local_bc", "fd_local_ci_low", "fd_local_ci_high",
+                        "fd_local_interval", "is_local", "is_local_std", "kid_local", "precision_local", "recall_local",
+                        "protocol_local"}
+    assert "95%" in out["fd_local_interval"] and "20" in out["fd_local_interval"] and "true FD" in out["fd_local_interval"]
     assert out["num_samples"] == 120
     for part in (local.weights_sha256, "fashion_mnist-test-abc", "120 samples 32x32", torch_fidelity.__version__):
         assert part in out["protocol_local"]
@@ -113,25 +115,77 @@ def test_frechet_distance_of_gaussians_matches_closed_form():
     assert frechet_distance(mixed, stats2) == pytest.approx(closed, rel=1e-6)
 
 
+def _reference(feats: np.ndarray, keep_features: bool = True) -> Reference:
+    stats = fid_features_to_statistics(torch.from_numpy(feats))
+    return Reference("local", None, torch.from_numpy(feats) if keep_features else None, stats["mu"], stats["sigma"],
+                     len(feats), None)
+
+
 def test_bootstrap_resamples_equal_torch_fidelity_frechet_distance():
     rng = np.random.default_rng(1)
     feats = torch.from_numpy(rng.normal(size=(300, 16)).astype(np.float32))
-    ref_stats = fid_features_to_statistics(torch.from_numpy(rng.normal(0.3, 1.2, size=(500, 16)).astype(np.float32)))
-    mu_ref = ref_stats["mu"].astype(np.float64)
-    values = bootstrap_fd(feats, mu_ref, ref_stats["sigma"], num=3, seed=7)
+    ref_feats = rng.normal(0.3, 1.2, size=(500, 16)).astype(np.float32)
+    ref_stats = fid_features_to_statistics(torch.from_numpy(ref_feats))
+    fixed = _reference(ref_feats, keep_features=False)  # mu/sigma only: the generated side alone is resampled
+    first, second = bootstrap_fd(feats, fixed, num=3, seed=7)
     resample = np.random.default_rng(7)
-    for value in values:
-        stats = fid_features_to_statistics(feats[torch.from_numpy(resample.integers(0, 300, 300))])
-        assert value == pytest.approx(frechet_distance(stats, ref_stats), rel=1e-6)
-    assert np.array_equal(values, bootstrap_fd(feats, mu_ref, ref_stats["sigma"], 3, seed=7))
+    for a, b in zip(first, second):
+        i = resample.integers(0, 300, 300)
+        j = i[resample.integers(0, 300, 300)]
+        for value, idx in ((a, i), (b, j)):
+            stats = fid_features_to_statistics(feats[torch.from_numpy(idx)])
+            assert value == pytest.approx(frechet_distance(stats, ref_stats), rel=1e-5)
+    again = bootstrap_fd(feats, fixed, 3, seed=7)
+    assert np.array_equal(first, again[0]) and np.array_equal(second, again[1])
+    both = bootstrap_fd(feats, _reference(ref_feats), 3, seed=7)  # the reference is resampled too
+    assert not np.allclose(both[0], first)
 
 
-def test_bootstrap_interval_contains_the_point_estimate(ref, local):
+def test_interval_is_seeded_and_holds_the_bias_corrected_fd(ref, local):
     gen = make_images(240, seed=5, shift=1.0)
     out = compute_metrics(gen, ref, local, isc=False, kid=False, prc=False, bootstrap=50, seed=0)
-    assert out["fd_local_ci_low"] < out["fd_local"] < out["fd_local_ci_high"]
+    assert out["fd_local_ci_low"] < out["fd_local_bc"] < out["fd_local_ci_high"]
+    assert out["fd_local_bc"] < out["fd_local"]  # the estimator is biased upwards
     again = compute_metrics(gen, ref, local, isc=False, kid=False, prc=False, bootstrap=50, seed=0)
     assert (again["fd_local_ci_low"], again["fd_local_ci_high"]) == (out["fd_local_ci_low"], out["fd_local_ci_high"])
+
+
+def _coverage(dim: int, num_gen: int, num_ref: int, trials: int, resamples: int, shift: float = 1.0) -> float:
+    """Fraction of trials whose interval holds the known FD of two Gaussians (diagonal covariances, shifted means)."""
+    rng = np.random.default_rng(dim * 7 + num_gen)
+    hits = 0
+    for t in range(trials):
+        var = 1 + rng.random(dim)  # (D,) generated variances; the reference is N(0, I)
+        mean = np.zeros(dim)
+        mean[:5] = shift
+        true = mean @ mean + np.sum((np.sqrt(var) - 1) ** 2)
+        gen = torch.from_numpy(rng.standard_normal((num_gen, dim)) * np.sqrt(var) + mean)  # (N, D)
+        ref = _reference(rng.standard_normal((num_ref, dim)))
+        fd = frechet_distance(fid_features_to_statistics(gen), {"mu": ref.mu, "sigma": ref.sigma})
+        ci = fd_interval(fd, *bootstrap_fd(gen, ref, resamples, seed=t))
+        hits += ci["low"] <= true <= ci["high"]
+    return hits / trials
+
+
+def test_interval_covers_the_true_fd_fast():
+    # smoke sizes (200 generated vs 500 reference) on 32-d features, few trials: the default run's version
+    assert _coverage(dim=32, num_gen=200, num_ref=500, trials=20, resamples=40) >= 0.9
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("num_gen, num_ref", [(200, 500), (1000, 2000)], ids=["smoke", "tiny"])
+def test_interval_covers_the_true_fd(num_gen, num_ref):
+    # the profiles' sample sizes with 128-d features; the percentile bootstrap covered 0% here (measured)
+    assert _coverage(dim=128, num_gen=num_gen, num_ref=num_ref, trials=40, resamples=60) >= 0.9
+
+
+def test_interval_near_zero_is_an_upper_bound():
+    rng = np.random.default_rng(3)
+    gen = torch.from_numpy(rng.standard_normal((300, 16)))
+    ci = fd_interval(frechet_distance(fid_features_to_statistics(gen), {"mu": np.zeros(16), "sigma": np.eye(16)}),
+                     *bootstrap_fd(gen, _reference(rng.standard_normal((600, 16))), 40, seed=0))
+    assert ci["low"] == 0.0 and ci["interval"].startswith("<= ") and "upper bound" in ci["interval"]
+    assert ci["high"] > 0
 
 
 def test_results_do_not_depend_on_batch_size(real, ref, local):

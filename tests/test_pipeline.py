@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from digit_bench.config import Override, apply_overrides, load_sweep
-from digit_bench.pipeline import run_dag
+from digit_bench.pipeline import run_dag, stage_seeds
 from digit_bench.sweep import make_plan
 
 ABL = Path(__file__).resolve().parents[1] / "ablations"
@@ -31,14 +31,38 @@ def test_a_new_kmeans_seed_rekeys_everything_below_it():
         assert a[role].id != b[role].id, role
 
 
-def test_run_seeds_share_the_instruments_but_not_the_generator():
-    runs = load_sweep(ABL / "model_scales.yaml", "smoke", ["gpt.size=gpt-nano"]).runs
+def test_generator_scope_seeds_share_the_instruments_but_not_the_generator():
+    runs = load_sweep(ABL / "model_scales.yaml", "smoke", ["gpt.size=gpt-nano", "seed_scope=generator"]).runs
     s0 = run_dag(runs[0].cfg)
     s1 = run_dag(dataclasses.replace(runs[0].cfg, seed=1))
     for role in ("features", "tokens", "vqgan", "stage2", "ceiling_metrics", "real_metrics"):
         assert s0[role].id == s1[role].id, role
     for role in ("gpt", "samples", "images", "metrics", "probe"):
         assert s0[role].id != s1[role].id, role
+    assert stage_seeds(runs[0].cfg)["vqgan"] == stage_seeds(dataclasses.replace(runs[0].cfg, seed=1))["vqgan"]
+
+
+def test_full_scope_seeds_rekey_every_stochastic_stage():
+    cfg = load_sweep(ABL / "backbones.yaml", "smoke", ["backbone.name=dino_tiny"]).runs[0].cfg
+    assert cfg.seed_scope == "full" and cfg.seed == 0
+    s0, s1 = run_dag(cfg), run_dag(dataclasses.replace(cfg, seed=1))
+    for role in ("ssl", "features", "centroids", "tokens", "vqgan", "stage2", "gpt", "samples", "images", "metrics",
+                 "ceiling_metrics", "real_metrics"):
+        assert s0[role].id != s1[role].id, role
+    assert s0["metrics"].parents["classifier"].id != s1["metrics"].parents["classifier"].id  # the judge too
+    seeds = stage_seeds(dataclasses.replace(cfg, seed=1))
+    assert seeds["vqgan"] == seeds["stage2"] == seeds["judge"] == 1 and seeds["kmeans"] == cfg.tokenizer.seed + 1
+    # seed 0 is the configured seeds: the same artifacts under both scopes
+    generator = run_dag(dataclasses.replace(cfg, seed_scope="generator"))
+    assert all(generator[role].id == node.id for role, node in s0.items())
+    ldm = stage_seeds(dataclasses.replace(cfg, generator="ldm", seed=2))
+    assert ldm == {"vae": 2, "ldm": 2, "sample": cfg.sample.seed + 2, "judge": 2}
+
+
+def test_thread_count_is_part_of_every_id():
+    cfg = load_sweep(ABL / "codebook_sizes.yaml", "smoke").runs[0].cfg
+    a, b = run_dag(cfg), run_dag(dataclasses.replace(cfg, threads=2))
+    assert all(a[role].cfg["threads"] == 1 and a[role].id != b[role].id for role in a)
 
 
 def test_waves_put_every_parent_before_its_children():

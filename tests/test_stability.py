@@ -8,7 +8,7 @@ import torch
 
 from digit_bench.backbones import extract, random_vit
 from digit_bench.tokenizers.kmeans import assign, fit_kmeans
-from digit_bench.tokenizers.stability import add_noise, snr_key, stability
+from digit_bench.tokenizers.stability import add_noise, realised_snr_db, snr_key, stability
 
 
 def smooth_images(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
@@ -25,10 +25,20 @@ def test_add_noise_definition():
     assert clean.dtype == np.float32
     np.testing.assert_array_equal(clean, x.astype(np.float32) / 255)
     noisy = add_noise(x, 20.0, seed=0)
-    assert noisy.min() >= 0 and noisy.max() <= 1
     p_signal = ((x.astype(np.float64) / 255) ** 2).mean(axis=(1, 2, 3))  # (4,)
-    p_noise = ((noisy - clean) ** 2).mean(axis=(1, 2, 3))  # no clipping at mid-grey and 20 dB
+    p_noise = ((noisy - clean) ** 2).mean(axis=(1, 2, 3))
     np.testing.assert_allclose(10 * np.log10(p_signal / p_noise), 20.0, atol=0.2)
+
+
+@pytest.mark.parametrize("snr_db", [30, 20, 10, 1, 0.01])
+def test_realised_snr_equals_the_label_on_black_background_images(snr_db):
+    # Fashion-MNIST-like: a bright object on a black background, where clipping to [0, 1] would remove half the noise
+    x = np.zeros((8, 32, 32, 3), np.uint8)
+    x[:, 8:24, 10:22] = np.random.default_rng(0).integers(60, 256, (8, 16, 12, 1), dtype=np.uint8)
+    realised = realised_snr_db(x, add_noise(x, snr_db, seed=3))  # (8,)
+    np.testing.assert_allclose(realised, snr_db, atol=0.2)
+    clipped = realised_snr_db(x, np.clip(add_noise(x, snr_db, seed=3), 0, 1))
+    assert clipped.min() > snr_db + 1  # what the clipped noise of the earlier version realised
 
 
 def test_add_noise_is_seeded_and_shares_z_across_snrs():

@@ -36,10 +36,10 @@ FAST_SETS = ["data.num_train=200", "data.num_val=40", "ssl.train.steps=1", "ssl.
              "vqgan.train.steps=3", "vqgan.train.batch_size=8", "stage2.train.steps=3", "stage2.train.batch_size=8",
              "train.steps=12", "train.checkpoint_every=3", "eval.local_train.steps=5", "eval.local_train.batch_size=32",
              "ldm.train.steps=2", "ldm.train.batch_size=8", "ldm.vae_train.steps=2", "ldm.vae_train.batch_size=8",
-             "ldm.num_inference_steps=2", "probe.epochs=1", "probe.num_train=100", "stability.num_images=8"]
+             "ldm.num_inference_steps=2", "probe.max_iter=50", "probe.num_train=100", "stability.num_images=8"]
 FAST = [a for kv in FAST_SETS for a in ("--set", kv)]
 VQ_ONLY = ["--set", "generator=vqgan_ar"]  # narrows the grid: the VQGAN-AR run (its training is resumable)
-# In-process (debug) sweeps get the threads of a local job: CPU results are bitwise equal only at equal thread counts.
+# In-process (debug) sweeps start with the threads of a local job; every stage then runs at its configured count.
 THREADS = sweep.job_threads("local", LauncherConfig())
 DEBUG_ENV = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
 COMPUTE = re.compile(r"\[(\w+)\] compute (\S+)")
@@ -99,7 +99,40 @@ def test_local_cluster_computes_the_micro_sweep_in_subprocesses(micro):
     for path in micro.root.glob("*/*/manifest.json"):
         manifest = json.loads(path.read_text())
         assert manifest["argv"][0].endswith("submitit/core/_submit.py")
-        assert manifest.get("device", f"cpu x{THREADS}") == f"cpu x{THREADS}"  # local_workers jobs share the cores
+        # every stage runs at the configured thread count (1), whatever the job's share of the cores
+        assert manifest.get("device", "cpu x1") == "cpu x1" and manifest["runtime"]["torch_threads"] == 1
+        assert all(lib["num_threads"] == 1 for lib in manifest["runtime"]["blas_openmp"])
+
+
+def _untimed(path: Path) -> bytes:
+    """The file's bytes; for JSON (lines) files, without the speed and duration entries (items_per_s, fit_seconds)."""
+    if path.suffix not in (".json", ".jsonl"):
+        return path.read_bytes()
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.suffix == ".jsonl" \
+        else [json.loads(path.read_text())]
+    return json.dumps([{k: v for k, v in r.items() if not re.search(r"_per_s$|_seconds$|wall_s", k)}
+                       if isinstance(r, dict) else r for r in records], sort_keys=True).encode()
+
+
+def artifact_bytes(root: Path) -> dict[str, str]:
+    """relative path -> sha256 of every data file of every published artifact (manifests aside: times, hosts)."""
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(_untimed(p)).hexdigest()
+            for p in root.glob("*/*/*") if p.is_file() and p.parent.joinpath("DONE").is_file()
+            and p.name not in ("manifest.json", "DONE") and p.parts[-3] not in ("submitit", "sweeps")}
+
+
+@pytest.mark.slow
+def test_debug_executor_at_two_threads_writes_the_bytes_of_local_jobs(micro, tmp_path):
+    """The in-process executor in a 2-thread process gives the artifacts 1-thread local jobs gave, bit for bit."""
+    proc = subprocess.run(sweep_cmd(tmp_path / "root", tmp_path / "results", "--cluster", "debug"), capture_output=True,
+                          text=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "2"}, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ours, theirs = artifact_bytes(tmp_path / "root"), artifact_bytes(micro.root)
+    assert ours.keys() == theirs.keys() and len(ours) > 40
+    assert [k for k in ours if ours[k] != theirs[k]] == []
+    pd.testing.assert_frame_equal(metric_frame(tmp_path / "results"), micro.frame, check_exact=True)
 
 
 def test_the_sweep_report_shows_grey_samples_and_the_protocol_card(micro):

@@ -214,7 +214,11 @@ class GPT(nn.Module):
 
     def hidden_states(self, idx: Tensor, labels: Optional[Tensor] = None,
                       prefix: Optional[Tensor] = None) -> list[Tensor]:
-        """The embedding output and every block's output, each (B, P + T, D), for the linear probe (paper §4)."""
+        """The embedding output and every block's output, each (B, P + T, D), for the linear probe (paper §4).
+
+        NOTE: the T input positions hold [BOS | class] and idx[:, :-1]; the last token has no input position (it is
+        only ever predicted, there is no end token), so a probe pooling these states sees T of the paper's T + 1.
+        """
         x = self._inputs(idx, labels, prefix)  # (B, P + T, D)
         states = [x]
         for block in self.blocks:

@@ -1,7 +1,7 @@
 """Stage `samples_to_metrics`: FD / IS / KID / precision / recall of an image artifact, through torch-fidelity.
 
 One column set per extractor (`fid`, `is`, ... with the standard Inception; `fd_local`, `is_local`, ... otherwise),
-a bootstrap confidence interval of FD over the generated set, the protocol string (extractor + weights hash,
+a bias-corrected FD with a 95% interval of the true FD (double bootstrap), the protocol string (extractor + weights hash,
 reference id, sample count, resolution, tool versions), `class_acc` for class-conditional samples, and the
 encoder-circularity flag: when the tokenizer's backbone is of the extractor's family (DINOv2 tokens judged by
 FD_DINOv2) the row says so, and an independent extractor must be configured beside it.
@@ -19,7 +19,7 @@ from digit_bench.errors import UserError
 from digit_bench.stages.common import device_info, save_json
 from digit_bench.stages.reference import extractor_for
 
-VERSION = 1
+VERSION = 2
 RESUMABLE = False
 
 

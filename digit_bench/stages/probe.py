@@ -1,8 +1,11 @@
 """Stage: linear probe of the frozen stage-1 GPT (the paper's "understanding" score, Table 2 / Fig. 3b).
 
-Each layer's hidden states (embedding output included) are mean-pooled over all positions (paper: all 257 of
-[eos] + 256 tokens) for the identity view of train and test images; one linear head per layer is trained on train,
-the learning rate and the reported layer are chosen on a held-out part of train, and test is only scored.
+Each layer's hidden states (embedding output included) are mean-pooled over all T input positions, [BOS | class]
+and the first T-1 tokens, for the identity view of train and test images. The paper pools 257 positions, [eos] +
+all 256 tokens: its GPT is trained with an end token, so the last image token has an input position; ours is
+trained without one and has no position after the last token (the NOTE in models/gpt.py `hidden_states`). One
+logistic regression per layer is solved on train (eval/linear_probe.py), its L2 strength and the reported layer
+chosen on a held-out part of train, and test is only scored.
 Output: `metrics.json` with probe_top1, probe_top5, probe_layer and the per-layer curve.
 """
 
@@ -18,7 +21,7 @@ from tqdm import tqdm
 from digit_bench.artifacts import Artifact
 from digit_bench.stages.common import device, device_info, load_gpt, save_json
 
-VERSION = 1
+VERSION = 2
 RESUMABLE = False
 
 
@@ -64,8 +67,8 @@ def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
     result = train_linear_probes(pooled_hidden_states(model, train_tokens, keep, out=work, name="train"),
                                  torch.from_numpy(train_labels[keep]),
                                  pooled_hidden_states(model, test_tokens, out=work, name="test"), torch.from_numpy(test_labels),
-                                 lrs=pc["lrs"], epochs=pc["epochs"], batch_size=pc["batch_size"],
-                                 holdout_fraction=pc["holdout_fraction"], seed=cfg["seed"],
+                                 l2s=pc["l2s"], max_iter=pc["max_iter"], holdout_fraction=pc["holdout_fraction"],
+                                 seed=cfg["seed"],
                                  num_classes=tok.manifest["num_classes"])
     shutil.rmtree(work)
     result["probe_curve"] = result.pop("probe_layer_top1")  # test top-1 per layer, embedding output first

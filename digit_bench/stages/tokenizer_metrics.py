@@ -20,7 +20,7 @@ from digit_bench.config import DataConfig, build
 from digit_bench.data import load_split
 from digit_bench.stages.common import backbone_from, device, device_info, save_json
 
-VERSION = 1
+VERSION = 2
 RESUMABLE = False
 
 
@@ -92,8 +92,8 @@ def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
                                  torch.from_numpy(np.load(tok / "labels_train.npy")),
                                  [torch.from_numpy(np.load(tok / "pooled_test.npy").astype(np.float32))],
                                  torch.from_numpy(np.load(tok / "labels_test.npy")),
-                                 lrs=pc["lrs"], epochs=pc["epochs"], batch_size=pc["batch_size"],
-                                 holdout_fraction=pc["holdout_fraction"], seed=0, num_classes=meta["num_classes"])
+                                 l2s=pc["l2s"], max_iter=pc["max_iter"], holdout_fraction=pc["holdout_fraction"],
+                                 seed=0, num_classes=meta["num_classes"])
         row["acc_ol"] = ol["probe_top1"]
     row.update(stability(encode, images, st["snrs_db"], st["seed"]))
     save_json(out / "metrics.json", row)

@@ -5,10 +5,13 @@ Add Gaussian noise to the image pixels at a given SNR, re-tokenise, and compare 
 - `cos_sim_snr{X}`: mean per-position cosine similarity of the pre-quantisation features (higher = more stable).
 
 The paper gives neither its noise model nor its SNR unit (docs/paper.md §6); this harness uses the assumption written
-there: SNR in dB, σ² = P_signal / 10^(SNR/10) with P_signal the mean of x² per image in [0, 1]. Clean and noisy
-images both go to the tokenizer as float [0, 1], so the noise is never re-quantised to uint8 and SNR = ∞ gives
-exactly zero change. The same tokenizer-agnostic `encode` serves K-Means-on-backbone and VQGAN tokens (the
-encoders are built in `stages/tokenizer_metrics.py`).
+there: SNR in dB, σ² = P_signal / 10^(SNR/10) with P_signal the mean of x² per image in [0, 1]. The noisy image
+is x + σ·z, not clipped to [0, 1]: clipping removes the noise wherever the image is black (most of a Fashion-MNIST
+image) and made the realised SNR about 2 dB higher than its label. z is scaled per image to mean square exactly
+1, so the realised SNR of every image equals the label (`realised_snr_db`; tests/test_stability.py checks it).
+The encoders normalise pixels linearly, so values outside [0, 1] are fine. Clean and noisy images go to the
+tokenizer as float, never re-quantised to uint8, and SNR = ∞ gives exactly zero change. The same tokenizer-agnostic
+`encode` serves K-Means-on-backbone and VQGAN tokens (the encoders are built in `stages/tokenizer_metrics.py`).
 """
 
 from __future__ import annotations
@@ -24,17 +27,25 @@ Encode = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def add_noise(images: np.ndarray, snr_db: float, seed: int | Sequence[int]) -> np.ndarray:
-    """Gaussian pixel noise at `snr_db`: uint8 (N, H, W, 3) -> float32 (N, H, W, 3) in [0, 1].
+    """Gaussian pixel noise at exactly `snr_db`: uint8 (N, H, W, 3) -> float32 (N, H, W, 3), not clipped.
 
-    x = images / 255; per image P_signal = mean(x²) and σ² = P_signal / 10^(snr_db / 10); the result is
-    clip(x + σ·z, 0, 1) with z ~ N(0, 1) drawn from `np.random.default_rng(seed)`, so one seed gives the same z at
-    every SNR (only its scale changes). snr_db = inf gives x unchanged.
+    x = images / 255; per image P_signal = mean(x²) and σ² = P_signal / 10^(snr_db / 10); the result is x + σ·z
+    with z ~ N(0, 1) drawn from `np.random.default_rng(seed)` and scaled per image to mean(z²) = 1, so one seed
+    gives the same z at every SNR (only its scale changes). snr_db = inf gives x unchanged.
     """
     x = images.astype(np.float32) / 255  # (N, H, W, 3)
     p_signal = (x**2).mean(axis=(1, 2, 3), keepdims=True)  # (N, 1, 1, 1)
     sigma = np.sqrt(p_signal / 10 ** (snr_db / 10))  # (N, 1, 1, 1)
     z = np.random.default_rng(seed).standard_normal(x.shape, dtype=np.float32)  # (N, H, W, 3)
-    return np.clip(x + sigma * z, 0, 1)
+    z /= np.sqrt((z.astype(np.float64) ** 2).mean(axis=(1, 2, 3), keepdims=True)).astype(np.float32)
+    return x + sigma * z
+
+
+def realised_snr_db(images: np.ndarray, noisy: np.ndarray) -> np.ndarray:
+    """Per image 10 log10(mean(x²) / mean((noisy - x)²)) of uint8 `images` and their float [0, 1]-scale `noisy`."""
+    x = images.astype(np.float64) / 255  # (N, H, W, 3)
+    p_noise = ((noisy - x) ** 2).mean(axis=(1, 2, 3))  # (N,)
+    return 10 * np.log10((x**2).mean(axis=(1, 2, 3)) / p_noise)
 
 
 def snr_key(snr_db: float) -> str:
