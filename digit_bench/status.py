@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from digit_bench.artifacts import Store
+from digit_bench.artifacts import CorruptArtifact, Store
 from digit_bench.pipeline import Node
 
 
@@ -57,8 +57,11 @@ def total_steps(node: Node) -> Optional[int]:
 def node_state(store: Store, node: Node) -> dict:
     """{"state", and when known "progress", "job_id", "stdout", "stderr", "error"} of one artifact."""
     base = store.path(node.stage, node.id)
-    if store.lookup(node.stage, node.id):
-        return {"state": "done"}
+    try:
+        if store.lookup(node.stage, node.id):
+            return {"state": "done"}
+    except CorruptArtifact as e:
+        return {"state": "corrupt", "error": str(e)}
     job = _read(Path(f"{base}.job.json")) or {}
     failed = _read(Path(f"{base}.failed.json"))
     info = {k: job[k] for k in ("job_id", "stdout", "stderr") if job.get(k)}

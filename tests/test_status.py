@@ -30,9 +30,7 @@ def test_each_state_comes_from_the_store_and_the_job_ledger(tmp_path, capsys):
     dag = plan.dags[digit]
     done, running, failed, queued, partial = (dag[r] for r in ("features", "gpt", "tokenizer_metrics", "samples",
                                                                 "stage2"))
-    path = store.path(done.stage, done.id)
-    path.mkdir(parents=True)
-    (path / "DONE").write_text(done.id)
+    store.lookup_or_compute(done.stage, done.id, done.cfg, {}, lambda out: {}, log=lambda msg: None)
     work = Path(f"{store.path(running.stage, running.id)}.work")
     work.mkdir(parents=True)
     (work / "log.jsonl").write_text("".join(json.dumps({"step": i}) + "\n" for i in range(1, 5)))
@@ -114,3 +112,16 @@ def test_status_on_a_running_local_sweep_shows_running_and_failed_jobs(tmp_path)
     root = tmp_path / "root"
     vq_root(root)
     check_live_status(*watch_a_sweep(root, tmp_path / "results", "local"))
+
+
+def test_a_corrupt_artifact_is_shown_as_corrupt_with_the_repair_command(tmp_path):
+    plan, store = _plan(), Store(tmp_path)
+    node = next(iter(plan.dags.values()))["features"]
+    def write(out):
+        (out / "x.npy").write_bytes(b"12345")
+        return {}
+
+    art = store.lookup_or_compute(node.stage, node.id, node.cfg, {}, write, log=lambda msg: None)
+    (art.path / "x.npy").write_bytes(b"1")  # truncated after publishing
+    state = sweep_status(plan, store)[1][next(iter(plan.dags))]["features"]
+    assert state["state"] == "corrupt" and "verify --repair" in state["error"]
