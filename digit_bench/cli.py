@@ -77,8 +77,10 @@ def cmd_plan(args: argparse.Namespace) -> dict:
     """Per job: FLOPs, memory per GPU, disk, GPU-hours and whether it fits its launcher block."""
     from digit_bench.config import load_sweep
     from digit_bench.plan import format_plan, plan_sweep
+    from digit_bench.preflight import check_files
 
     sweep = load_sweep(args.yaml, args.profile, args.sets)
+    check_files(sweep)  # a plan of a sweep that cannot start is no plan: name the first missing file
     gpu_type = args.gpu_type or sweep.runs[0].cfg.launcher.gpu_type
     jobs = plan_sweep(sweep, args.mfu, gpu_type)
     print(format_plan(jobs, gpu_type, args.mfu), file=sys.stderr)

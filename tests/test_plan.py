@@ -1,11 +1,15 @@
 """The analytic model of digit_bench.plan against real models: exact parameter counts, saved-activation bytes."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from digit_bench.models.gpt import GPT, GPT_SIZES, gpt_config
 from digit_bench.plan import (activation_bytes, gpt_params, gpt_train_flops, gpu_spec, kv_cache_bytes,
                               max_micro_batch, saved_activation_bytes, train_memory)
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("size", list(GPT_SIZES))
@@ -143,20 +147,21 @@ def test_sweep_refuses_a_job_that_cannot_fit():
     check_fits(paper_sweep({"gpu_type": "h200"}))
 
 
-def test_plan_command(capsys):
+def test_plan_command(disk, capsys):
     import json
 
     from digit_bench.cli import main
 
     one_gpu = ["--set", "launcher.gpus_per_node=1", "--set", "launcher.tasks_per_node=1",
                "--set", "train.micro_batch_size=null"]
-    assert main(["plan", "ablations/backbones.yaml", "--profile", "paper", "--gpu-type", "h200", *one_gpu]) == 0
+    yaml = str(REPO / "ablations" / "backbones.yaml")
+    assert main(["plan", yaml, "--profile", "paper", "--gpu-type", "h200", *one_gpu]) == 0
     out, err = capsys.readouterr()
     summary = json.loads(out)
     assert summary["all_fit"] is False and summary["gpu_type"] == "h200"
     assert {j["role"] for j in summary["jobs"]} == {"features", "tokens", "gpt", "samples", "stage2"}
     assert "NO (mem NO" in err and "h200 (141 GB" in err
-    assert main(["plan", "ablations/backbones.yaml", "--profile", "paper", "--gpu-type", "h200"]) == 0
+    assert main(["plan", yaml, "--profile", "paper", "--gpu-type", "h200"]) == 0
     assert json.loads(capsys.readouterr().out)["all_fit"] is True
-    assert main(["plan", "ablations/backbones.yaml", "--profile", "smoke"]) == 0
+    assert main(["plan", yaml, "--profile", "smoke"]) == 0
     assert "MFU/peaks unknown" in capsys.readouterr().err

@@ -7,55 +7,25 @@ from pathlib import Path
 
 import pytest
 
+from conftest import MAE_HUB  # tests/ is on sys.path
 from digit_bench.cli import main
 from digit_bench.config import load_sweep
-from digit_bench.eval.fidelity import INCEPTION_FILE
-from digit_bench.registry import BACKBONES
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPS = sorted(p for p in (REPO / "ablations").glob("*.yaml") if not p.name.startswith("_")) + \
     sorted((REPO / "baselines").glob("*.yaml"))
-RELEASE_FILES = ["vqgan_jax_strongaug.ckpt"] + [BACKBONES.entry(n)[1]["release_file"] for n in
-                                                ("dinov2_vitb14_reg4", "dinov2_vitl14_reg4", "mocov3_vitb16", "ibot_vitb16")]
-MAE_HUB = "timm/vit_base_patch16_224.mae"  # mae_vitb16 loads timm's converted weights from the HF cache
-
-
-@pytest.fixture
-def disk(tmp_path, monkeypatch):
-    """A weights folder with every release file, MAE in an HF cache, an ImageNet layout and the Inception weights."""
-    from huggingface_hub import constants as hf_constants
-
-    weights = tmp_path / "weights"
-    weights.mkdir()
-    for name in RELEASE_FILES:
-        (weights / name).write_bytes(b"w")
-    (weights / "sd-vae-ft-ema").mkdir()  # the LDM baseline's diffusers VAE folder
-    for part in ("train/n01440764", "val/n01440764"):
-        (tmp_path / "imagenet" / part).mkdir(parents=True)
-    (tmp_path / "torch" / "hub" / "checkpoints").mkdir(parents=True)
-    (tmp_path / "torch" / "hub" / "checkpoints" / INCEPTION_FILE).write_bytes(b"w")
-    snapshot = tmp_path / "hf" / f"models--{MAE_HUB.replace('/', '--')}" / "snapshots" / "0123abc"
-    snapshot.mkdir(parents=True)
-    (snapshot / "model.safetensors").write_bytes(b"w")
-    (snapshot.parents[1] / "refs").mkdir()
-    (snapshot.parents[1] / "refs" / "main").write_text("0123abc")
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setenv("DIGIT_BENCH_WEIGHTS", str(weights))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("DIGIT_BENCH_DATA", str(tmp_path / "imagenet"))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 @pytest.mark.parametrize("sweep", SWEEPS, ids=lambda p: p.stem)
 def test_every_paper_sweep_validates_with_its_files_and_names_the_first_missing_one(disk, sweep, capsys):
     for profile in ("paper", "paper_long"):
         assert main(["validate", str(sweep), "--profile", profile, "--root", str(disk / "runs")]) == 0
+        assert main(["plan", str(sweep), "--profile", profile, "--gpu-type", "h200"]) == 0
     ldm = sweep.stem == "ldm"
     if ldm:
         (disk / "weights" / "sd-vae-ft-ema").rmdir()
     else:
         (disk / "weights" / "vqgan_jax_strongaug.ckpt").unlink()
+    capsys.readouterr()
+    assert main(["plan", str(sweep), "--profile", "paper"]) == 2
     capsys.readouterr()
     assert main(["validate", str(sweep), "--profile", "paper", "--root", str(disk / "runs")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
