@@ -12,12 +12,15 @@
     curves.csv                     training loss per step of every trained model of the sweep (from log.jsonl)
     fig_*.png, fig_*.pdf           figures drawn from results.csv and curves.csv alone (`figures_from_csv`)
     provenance.json, index.html    where and with what the numbers were made; the page of all of the above
+and merges every `external/<label>.csv` of `out_dir` (samples generated elsewhere, scored by `digit-bench score`) into
+the main table, comparison.md and index.html as rows labelled "external · <label>" (results.csv keeps our rows only);
 and refreshes the landing page `results/index.html` over every `<sweep>/<profile>/` folder.
 
 Significance: per metric, the best cell's 95% interval of the difference to every other cell decides: paired over
 seeds when the cells share >= 2 seeds, Welch otherwise (>= 2 seeds each), else the per-run `<m>_ci_low/_ci_high`
 intervals must not overlap. Cells indistinguishable from the best are marked ≈; the best is bold only when it is
-separated from every other cell; without any interval nothing is marked.
+separated from every other cell; without any interval nothing is marked. An external row takes part in the marks only
+when `protocol_differs` is false (scored on our protocol); a missing or true value leaves it unmarked.
 
 Ideas from: timm `results/*.csv` (one tidy CSV per sweep; plots regenerated from it), lm-eval `make_table`
 (↑/↓ from a higher-is-better map), timm `bulk_runner.py` (failed runs listed beside the results, never fatal).
@@ -73,6 +76,11 @@ TRAINED_ROLES = {"gpt": "train", "stage2": "stage2", "vqgan": "vqgan", "diffusio
 LOSS_KEYS = {"vqgan": ("rec_loss",), "vae": ("rec_l1", "loss/main")}  # the GAN/KL terms hide the trend
 DEFAULT_LOSS_KEYS = ("loss/main", "loss")
 IMAGE_STAGES = ("render", "ldm_sample", "real_images")
+EXTERNAL_TAG = "external · "
+EXTERNAL_NOTE = ("External rows (\"external · <label>\"): samples generated elsewhere and scored on this sweep's "
+                 "evaluation path (`digit-bench score`), one run each, with their provenance beside them. They take "
+                 "part in the ≈/bold marks only when their protocol is ours (protocol_differs false); otherwise they "
+                 "are never marked and the protocol note says what differs.")
 
 
 # ------------------------------------------------------------------------------------------------ columns
@@ -349,30 +357,100 @@ def _ceiling_gaps(runs: pd.DataFrame, ceilings: pd.DataFrame, keys: list[str], f
 
 
 def cell_table(runs: pd.DataFrame, keys: list[str], names: list[str], *, intervals: bool, title: str, tag: str,
-               gaps: Optional[list[str]] = None, note: str = "", mark: bool = True) -> Table:
-    """Run cells as a table: label, n, one column per metric (with marks), the gap to the ceiling."""
+               gaps: Optional[list[str]] = None, note: str = "", mark: bool = True,
+               externals: Optional[pd.DataFrame] = None) -> Table:
+    """Run cells as a table: label, n, one column per metric (with marks), the gap to the ceiling; then one row per
+    external row, marked together with the run cells only when its protocol is ours."""
     groups = list(runs.groupby(keys, dropna=False, sort=True)) if keys else [(None, runs)]
-    text = pd.DataFrame({"label": [row_label(g.iloc[0], keys) for _, g in groups],
-                         "n": [str(len(g)) for _, g in groups]})
-    flagged = [bool(g[f].eq(True).any()) for f in FLAGS if f in runs for _, g in groups]
+    ext = externals if externals is not None else runs.iloc[:0]
+    ranked = [_same_protocol(r) for _, r in ext.iterrows()]
+    text = pd.DataFrame({"label": [row_label(g.iloc[0], keys) for _, g in groups] + [EXTERNAL_TAG + str(r["generator"])
+                                                                                   for _, r in ext.iterrows()],
+                         "n": [str(len(g)) for _, g in groups] + ["1"] * len(ext)})
+    flagged = [bool(g[f].eq(True).any()) for f in FLAGS if f in runs for _, g in groups] \
+        + [str(r.get(f)).lower() == "true" for f in FLAGS if f in runs for _, r in ext.iterrows()]
     if any(flagged):
         text["circular"] = ["yes" if f else "" for f in flagged]
+    if len(ext):
+        text["external"] = [""] * len(groups) + [_external_text(r) for _, r in ext.iterrows()]
     marks = pd.DataFrame("", index=text.index, columns=text.columns)
     sort = pd.DataFrame(np.nan, index=text.index, columns=text.columns)
     for name in names:
         group = cells(runs, keys, name)
-        if all(pd.isna(c.mean) for c in group):
+        extra = [Cell(pd.Series([r.get(name)], index=["external"], dtype=float).dropna(), r.get(f"{name}_ci_low"),
+                      r.get(f"{name}_ci_high")) for _, r in ext.iterrows()]
+        if all(pd.isna(c.mean) for c in group + extra):
             continue
         header = name + _arrow(name)
         text[header] = [_interval_text(c) if intervals and name not in CHOICES and _headline_interval(name)
-                        else _spread_text(c, name) for c in group]
-        marks[header] = rank_marks(group, higher_is_better(name))[0] if mark and _headline_interval(name) else ""
-        sort[header] = [c.mean for c in group]
+                        else _spread_text(c, name) for c in group + extra]
+        if mark and _headline_interval(name):  # external cells on another protocol are left out of the ranking
+            in_rank = group + [c for c, ok in zip(extra, ranked) if ok]
+            got = iter(rank_marks(in_rank, higher_is_better(name))[0])
+            marks[header] = [next(got) for _ in group] + [next(got) if ok else "" for ok in ranked]
+        else:
+            marks[header] = ""
+        sort[header] = [c.mean for c in group + extra]
     if gaps:
+        gaps = gaps + ["–"] * len(ext)
         text["Δ ceiling"] = gaps
         marks["Δ ceiling"] = ""
         sort["Δ ceiling"] = [float(g) if g != "–" else np.nan for g in gaps]
     return Table(title, text, marks, note, sort, tag)
+
+
+def _same_protocol(row: pd.Series) -> bool:
+    """An external row scored on our protocol: `protocol_differs` recorded as false (missing counts as differing)."""
+    return str(row.get("protocol_differs")).strip().lower() in ("false", "0")
+
+
+def _external_text(row: pd.Series) -> str:
+    """Where an external row's samples came from, and what differs in its protocol if anything."""
+    try:
+        prov = json.loads(row["provenance"]) if isinstance(row.get("provenance"), str) else {}
+    except json.JSONDecodeError:
+        prov = {"input": row["provenance"]}
+    parts = [str(prov.get("input", row.get("source", "?")))]
+    if prov.get("sha256"):
+        parts.append(f"sha256 {prov['sha256'][:12]}")
+    if prov.get("files", 1) != 1:
+        parts.append(f"{prov['files']} files")
+    text = "provenance: " + ", ".join(parts)
+    if _same_protocol(row):
+        return text + "; protocol: ours"
+    note = row.get("protocol_note")
+    return text + "; protocol differs: " + (note if isinstance(note, str) and note else "not recorded")
+
+
+def read_external(out_dir: Path) -> pd.DataFrame:
+    """Every `out_dir/external/*.csv` (rows written by `digit-bench score`) as one frame, `row_kind=external`."""
+    frames = []
+    for path in sorted((Path(out_dir) / "external").glob("*.csv")):
+        try:
+            frame = pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+            raise UserError(f"{path} is not a readable CSV ({e}); delete it and rerun `digit-bench score`") from e
+        if "generator" not in frame:
+            raise UserError(f"{path} has no generator column; rewrite it with `digit-bench score`")
+        frames.append(frame.assign(row_kind="external"))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["generator", "row_kind"])
+
+
+def external_table(ext: pd.DataFrame, names: list[str]) -> Table:
+    """The external rows alone, for comparison.md and the page: label, provenance and protocol, headline metrics."""
+    text = pd.DataFrame({"label": [EXTERNAL_TAG + str(r["generator"]) for _, r in ext.iterrows()],
+                         "external": [_external_text(r) for _, r in ext.iterrows()],
+                         "ranked with our runs": ["yes" if _same_protocol(r) else "no" for _, r in ext.iterrows()]})
+    sort = pd.DataFrame(np.nan, index=text.index, columns=text.columns)
+    for name in names:
+        if name not in ext or ext[name].isna().all():
+            continue
+        group = [Cell(pd.Series([r[name]]).dropna().astype(float), r.get(f"{name}_ci_low"), r.get(f"{name}_ci_high"))
+                 for _, r in ext.iterrows()]
+        text[name + _arrow(name)] = [_interval_text(c) if _headline_interval(name) else _spread_text(c, name)
+                                     for c in group]
+        sort[name + _arrow(name)] = [c.mean for c in group]
+    return Table("External samples", text, None, EXTERNAL_NOTE, sort, "external")
 
 
 def _headline_interval(name: str) -> bool:
@@ -805,7 +883,8 @@ def _index_html(title: str, page: dict, out_dir: Path) -> str:
                                ("results.csv", "table.md", "table.tex", "comparison.md", "curves.csv",
                                 "provenance.json") if (out_dir / f).is_file()) + "</p>",
             _html_card(page["card"]), _html_section(page["main"]), "<h2>Samples</h2>", page["grids"],
-            _html_section(page["claims"]) if len(page["claims"].text) else "", _html_section(page["ceilings"])]
+            _html_section(page["claims"]) if len(page["claims"].text) else "",
+            _html_section(page["external"]) if page["external"] is not None else "", _html_section(page["ceilings"])]
     body.append(f"<details><summary>Full table (every headline metric, mean ± std over seeds)</summary>"
                 f"{_html_section(page['full'])}</details>")
     body.append(f"<details><summary>Runs: configs, manifests, logs</summary>{_html_table(page['runs'], links=True)}"
@@ -819,6 +898,8 @@ def _index_html(title: str, page: dict, out_dir: Path) -> str:
                 + "".join(_html_section(t) for t in page["published"]) + "</details>")
     body.append("<h2>Provenance</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in page["provenance"])
                 + "</ul>")
+    if page["external"] is not None:
+        body.append(f'<footer class="note" id="external-note">{html.escape(EXTERNAL_NOTE)}</footer>')
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{_CSS}</style></head>\n<body>\n" + "\n".join(body)
             + f"\n<script>{_table_js()}</script>\n{_IMAGE_CHECK}\n</body></html>\n")
@@ -865,9 +946,10 @@ class _Pages:
     claims: Table
     card: dict
     published: list[Table] = field(default_factory=list)
+    external: Optional[Table] = None
 
 
-def _pages(df: pd.DataFrame, keys: list[str], published: pd.DataFrame) -> _Pages:
+def _pages(df: pd.DataFrame, keys: list[str], published: pd.DataFrame, ext: pd.DataFrame) -> _Pages:
     runs, ceilings = df[df["row_kind"] == "run"], df[df["row_kind"] == "ceiling"]
     fd = primary_fd(df)
     metrics = metric_columns(df, keys)
@@ -876,13 +958,16 @@ def _pages(df: pd.DataFrame, keys: list[str], published: pd.DataFrame) -> _Pages
     main = cell_table(runs, keys, main_metrics(df), intervals=True, title="Main table", tag="main-table", gaps=gaps,
                       note=f"Mean [95% interval] per cell (see the protocol card); ↑/↓: higher/lower is better; "
                            f"≈: indistinguishable from the best cell; bold: best and separated from all; "
-                           f"Δ ceiling: {fd} minus the cell's own decoder ceiling.")
+                           f"Δ ceiling: {fd} minus the cell's own decoder ceiling."
+                           + (" Rows \"external · …\": samples made elsewhere, scored here; see External rows."
+                              if len(ext) else ""), externals=ext)
     full = cell_table(runs, keys, [m for m in metrics if _headline(m)], intervals=False, title="Full table",
                       tag="full-table", gaps=gaps, note="Mean ± std (ddof=1) over the n seeds of each cell; marks as "
                                                         "in the main table.")
     ceil = ceiling_table(ceilings, [m for m in main_metrics(df) if _headline_interval(m)])
     stability = any(m.startswith("token_change") for m in metrics)
-    return _Pages(main, full, ceil, claim_table(runs, keys), card, published_tables(published, stability))
+    return _Pages(main, full, ceil, claim_table(runs, keys), card, published_tables(published, stability),
+                  external_table(ext, main_metrics(df)) if len(ext) else None)
 
 
 def write_report(rows: list[dict], out_dir: Path, *, sweep: str, profile: str, swept_keys: list[str],
@@ -923,17 +1008,21 @@ def write_report(rows: list[dict], out_dir: Path, *, sweep: str, profile: str, s
         old = json.loads(prov_path.read_text())
         prov.update({k: old[k] for k in ("runs_commits", "runs_hosts", "runs_created") if old.get(k)})
     prov_path.write_text(json.dumps(prov, indent=1))
-    pages = _pages(df, keys, read_published(published_csv))
+    ext = read_external(out_dir)
+    pages = _pages(df, keys, read_published(published_csv), ext)
     prov_lines = _provenance_lines(prov)
     prov_md = "**Provenance**\n\n" + "\n".join(f"- {line}" for line in prov_lines)
+    footer = [EXTERNAL_NOTE] if len(ext) else []
     (out_dir / "table.md").write_text(_md_page(f"{title}: results", [pages.main, pages.ceilings, pages.full],
-                                               pages.card, [prov_md]))
-    (out_dir / "comparison.md").write_text(_md_page(f"{title}: ours vs paper", [pages.claims, *pages.published],
-                                                    pages.card))
+                                               pages.card, [prov_md, *footer]))
+    extern = [pages.external] if pages.external is not None else []
+    (out_dir / "comparison.md").write_text(_md_page(f"{title}: ours vs paper",
+                                                    [pages.claims, *extern, *pages.published], pages.card, footer))
     (out_dir / "table.tex").write_text(_tex_page(f"{title}: results", [pages.main, pages.ceilings], pages.card))
     figures = figures_from_csv(out_dir / "results.csv", out_dir)
     page = {"card": pages.card, "main": pages.main, "full": pages.full, "ceilings": pages.ceilings,
             "claims": pages.claims, "published": pages.published, "failed": failures, "figures": figures,
+            "external": pages.external,
             "grids": _grids_html(df, keys, out_dir), "runs": _runs_table(df, keys, out_dir),
             "provenance": prov_lines}
     (out_dir / "index.html").write_text(_index_html(title, page, out_dir))
@@ -945,16 +1034,16 @@ def write_report(rows: list[dict], out_dir: Path, *, sweep: str, profile: str, s
         write_landing(out_dir.parent.parent)
     files = ("results.csv", "results.parquet", "table.md", "table.tex", "comparison.md", "failed.md", "index.html")
     return {**{f.replace(".", "_"): out_dir / f for f in files}, "figures": figures, "n_runs": n_runs,
-            "n_failed": len(failed)}
+            "n_failed": len(failed), "n_external": len(ext)}
 
 
 def _best_label(main: Table) -> str:
     """The main table's best cell by its first metric, with its value, or '–'."""
-    metric_cols = [c for c in main.text.columns if c not in ("label", "n", "circular", "Δ ceiling")]
+    metric_cols = [c for c in main.text.columns if c not in ("label", "n", "circular", "external", "Δ ceiling")]
     if not metric_cols:
         return "–"
     col = metric_cols[0]
-    order = main.sort[col].dropna()
+    order = main.sort.loc[~main.text["label"].str.startswith(EXTERNAL_TAG), col].dropna()  # our runs only
     if order.empty:
         return "–"
     i = order.idxmax() if higher_is_better(col.rstrip(" ↑↓")) else order.idxmin()
@@ -1006,7 +1095,7 @@ def report_from_dir(rows_dir: Path, out_dir: Path, sweep: str, profile: str, pub
 
 def report_from_csv(folder: Path, out_dir: Optional[Path] = None, published_csv: Optional[Path] = None) -> dict:
     """Re-render a results folder from its results.csv (older column sets included), keeping its samples/, runs/,
-    curves.csv and provenance; `out_dir` defaults to the folder itself."""
+    external/, curves.csv and provenance; `out_dir` defaults to the folder itself."""
     folder = Path(folder)
     csv = folder / "results.csv" if folder.is_dir() else folder
     if not csv.is_file():
@@ -1015,7 +1104,7 @@ def report_from_csv(folder: Path, out_dir: Optional[Path] = None, published_csv:
     out_dir = Path(out_dir) if out_dir else folder
     if out_dir.resolve() != folder.resolve():
         out_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("samples", "runs"):
+        for name in ("samples", "runs", "external"):
             if (folder / name).is_dir():
                 shutil.copytree(folder / name, out_dir / name, dirs_exist_ok=True)
         for name in ("curves.csv", "provenance.json"):

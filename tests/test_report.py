@@ -394,3 +394,56 @@ def test_the_landing_page_and_a_committed_page_render(committed, tmp_path):
     dom = _render(committed / "index.html", tmp_path, _VISIBLE)
     attrs = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', dom.split("<body", 1)[1].split(">", 1)[0]))
     assert attrs["main-table"] == attrs["card"] == "1" and attrs["images-total"] == attrs["images-loaded"]
+
+
+CONDITIONAL = REPO / "results" / "conditional" / "smoke"  # a committed sweep output with one external row
+
+
+def test_a_real_external_row_is_merged_into_every_page_with_its_marker(tmp_path):
+    ext = pd.read_csv(next((CONDITIONAL / "external").glob("*.csv")))
+    label = f"external · {ext['generator'].iloc[0]}"
+    digest = json.loads(ext["provenance"].iloc[0])["sha256"][:12]
+    out = tmp_path / "conditional" / "smoke"
+    assert report.report_from_csv(CONDITIONAL, out)["n_external"] == 1
+    main = (out / "table.md").read_text().split("## Main table\n", 1)[1].split("\n## ", 1)[0]
+    row = next(line for line in main.splitlines() if line.startswith(f"| {label} |"))
+    assert f"sha256 {digest}" in row and "protocol: ours" in row and "112.9 [109, 117]" in row
+    comparison = (out / "comparison.md").read_text()
+    assert f"| {label} |" in comparison and digest in comparison and report.EXTERNAL_NOTE in comparison
+    page = (out / "index.html").read_text()
+    main_html = page.split('id="main-table"', 1)[1].split("</table>", 1)[0]
+    assert f"<td>{label}</td>" in main_html and digest in main_html
+    assert 'id="external-note"' in page
+    assert (pd.read_csv(out / "results.csv")["row_kind"] != "external").all()  # results.csv keeps our rows only
+    assert json.loads((out / "report.json").read_text())["best"].startswith("DiGIT · ")  # our best, never external
+
+
+def test_external_rows_are_ranked_with_ours_only_on_our_protocol(tmp_path):
+    folder = tmp_path / "conditional" / "smoke"
+    shutil.copytree(CONDITIONAL, folder)
+    real = next((folder / "external").glob("*.csv"))
+    base = pd.read_csv(real)
+    real.unlink()
+    same = base.assign(generator="same_protocol", fd_local=60.0, fd_local_ci_low=58.0, fd_local_ci_high=62.0)
+    other = base.assign(generator="other_protocol", fd_local=30.0, fd_local_ci_low=29.0, fd_local_ci_high=31.0,
+                        protocol_differs=True, protocol_note="images are 64x64, the sweep's 32x32")
+    same.to_csv(folder / "external" / "same.csv", index=False)
+    other.to_csv(folder / "external" / "other.csv", index=False)
+    report.report_from_csv(folder)
+    main = (folder / "table.md").read_text().split("## Main table\n", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split(" | ")[0].removeprefix("| "): line for line in main.splitlines() if line.startswith("| ")}
+    # the lower FD on another protocol is never marked; the best FD on ours is bold, separated from our run
+    assert "**60 [58, 62]**" in rows["external · same_protocol"]
+    assert "30 [29, 31]" in rows["external · other_protocol"] and "**30" not in rows["external · other_protocol"]
+    assert "protocol differs: images are 64x64, the sweep's 32x32" in rows["external · other_protocol"]
+    assert "**" not in rows["DiGIT · class_conditional=True"]
+    html_main = (folder / "index.html").read_text().split('id="main-table"', 1)[1].split("</table>", 1)[0]
+    assert html_main.count('class="best"') == 1
+
+
+def test_an_unreadable_external_csv_is_a_user_error(tmp_path):
+    folder = tmp_path / "smoke"
+    shutil.copytree(CONDITIONAL, folder)
+    (folder / "external" / "broken.csv").write_text("label,fd\n1\n")
+    with pytest.raises(UserError, match="no generator column"):
+        report.report_from_csv(folder)
