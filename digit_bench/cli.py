@@ -240,7 +240,7 @@ def cmd_compare(args: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from digit_bench.sweep import add_sweep_args, build_parser as sweep_parser
+    from digit_bench.sweep import add_sweep_args
 
     p = argparse.ArgumentParser(prog="digit-bench", description="DiGIT benchmark and ablation harness")
     p.add_argument("--debug", action="store_true", help="tracebacks for user errors")

@@ -200,7 +200,7 @@ def gpt_train(c: Check) -> list[dict]:
             predicted = train_memory(cfg, micro, precision=precision, device_type=c.device.type).total
             rows.append(row(f"{name}.micro_batch", micro, "seq", note=f"OUT OF MEMORY at the planned micro-batch "
                             f"(predicted {predicted / GiB:.2f} GiB of {budget / GiB:.1f} GiB)"))
-            del model, opt, idx
+            model = opt = idx = None  # free the device memory before the next size
             continue
         flops = gpt_train_flops(cfg) * micro
         tflops = flops / seconds / 1e12
@@ -221,7 +221,7 @@ def gpt_train(c: Check) -> list[dict]:
                  row(f"{name}.peak_mem", measured / GiB, "GiB", measured / predicted,
                      f"ratio = measured / predicted {predicted / GiB:.2f} GiB ({how})")]
         rows.append(row(f"{name}.profile", None, note="top ops: " + top_ops(c, step)))
-        del model, opt, idx
+        model = opt = idx = None  # free the device memory before the next size
     return rows
 
 

@@ -114,7 +114,7 @@ def fd_vs_k(df, runs, keys, fd):
     x = "tokenizer.k"
     if fd is None or x not in runs or runs[x].nunique() < 2:
         return None
-    fig, ax = _new(f"Sample quality vs codebook size K")
+    fig, ax = _new("Sample quality vs codebook size K")
     ceilings = df[df["row_kind"] == "ceiling"].set_index("run_id")[fd] if "run_id" in df else pd.Series(dtype=float)
     for label, col, g in _series(runs, keys, x):
         ks = sorted(g[x].dropna().unique())

@@ -894,7 +894,7 @@ def _index_html(title: str, page: dict, out_dir: Path) -> str:
         + "</div>")
     if page["failed"].text.shape[0]:
         body.append(_html_section(page["failed"]))
-    body.append(f"<details><summary>Published rows</summary>"
+    body.append("<details><summary>Published rows</summary>"
                 + "".join(_html_section(t) for t in page["published"]) + "</details>")
     body.append("<h2>Provenance</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in page["provenance"])
                 + "</ul>")
