@@ -84,6 +84,13 @@ EXTERNAL_NOTE = ("External rows (\"external · <label>\"): samples generated els
 
 
 # ------------------------------------------------------------------------------------------------ columns
+SEED_SCOPES = {  # what the ± over seeds covers, by the runs' seed_scope
+    "full": "a seed re-keys every stochastic stage (SSL pretraining, K-Means, VQGAN, stage 2, stage 1, sampling, LDM, "
+            "judge)",
+    "generator": "a seed re-keys the stage-1 GPT, its samples, the probe and the LDM only (SSL backbone, K-Means, "
+                 "VQGAN, stage-2 decoder and judge are shared by all seeds)",
+}
+
 def higher_is_better(name: str) -> Optional[bool]:
     """True/False for a metric with a direction; None for keys, counts and sizes."""
     m = metric(name)
@@ -513,9 +520,9 @@ def protocol_card(df: pd.DataFrame) -> dict[str, str]:
     n = sorted(set(runs["num_samples"].dropna().astype(int))) if "num_samples" in runs else []
     card["samples"] = ", ".join(str(v) for v in n) + " generated images per run" if n else "–"
     seeds = sorted(set(runs["seed"].dropna().astype(int))) if "seed" in runs else []
-    scope = (", ".join(sorted(set(runs["seed_scope"].dropna()))) if "seed_scope" in runs else
-             "the stage-1 generator, its samples and the LDM (tokenizer, VQGAN and stage-2 decoder are shared)")
-    card["seeds"] = f"{', '.join(map(str, seeds)) or '–'}; a seed re-keys {scope}"
+    scopes = sorted(set(runs["seed_scope"].dropna())) if "seed_scope" in runs else ["generator"]
+    scope = "; ".join(f"seed_scope {s}: {SEED_SCOPES.get(s, s)}" for s in scopes)
+    card["seeds"] = f"{', '.join(map(str, seeds)) or '–'}; {scope}"
     per_run = (", ".join(sorted(set(df[f"{fd}_interval"].dropna()))) if fd and f"{fd}_interval" in df else
                f"percentile bootstrap of {fd} over the samples ({cfg.get('eval', {}).get('bootstrap', '?')} "
                "resamples): the spread of the estimate, not a calibrated 95% CI")
