@@ -206,7 +206,8 @@ def fd_vs_stability(df, runs, keys, fd):
         return None
     fig, ax = _new("Sample quality vs token stability")
     for label, col, g in _series(runs, keys, "__none__"):
-        _errorbar(ax, [g[x].mean()], cells(g, [], fd), color=col, label=label, ls="none")
+        if g[x].notna().any() and g[fd].notna().any():  # no legend entry for a generator without tokens (LDM)
+            _errorbar(ax, [g[x].mean()], cells(g, [], fd), color=col, label=label, ls="none")
     _ceiling_lines(ax, df, fd)
     ax.set(xlabel=axis_label(x), ylabel=axis_label(fd))
     _legend(ax)
