@@ -21,7 +21,7 @@ def root(tmp_path):
 
 RELEASE_FILES = ["vqgan_jax_strongaug.ckpt"] + [BACKBONES.entry(n)[1]["release_file"] for n in
                                                 ("dinov2_vitb14_reg4", "dinov2_vitl14_reg4", "mocov3_vitb16", "ibot_vitb16")]
-MAE_HUB = "timm/vit_base_patch16_224.mae"  # mae_vitb16 loads timm's converted weights from the HF cache
+MAE_HUB = "timm/" + BACKBONES.entry("mae_vitb16")[1]["model_name"]  # timm's converted MAE weights, in the HF cache
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MAE_HUB  # tests/ is on sys.path
 from digit_bench.cli import main
+from digit_bench.registry import BACKBONES
 from digit_bench.config import load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,4 +75,4 @@ def test_a_timm_backbone_without_cached_weights_says_how_to_fetch_them(disk, cap
     shutil.rmtree(disk / "hf")
     assert main(["validate", str(REPO / "ablations/backbones.yaml"), "--profile", "paper"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "backbone.name (mae_vitb16, timm hub weights)" in err and f"hf download {MAE_HUB}" in err
+    assert "backbone.name (mae_vitb16, timm hub weights)" in err and f"hf download timm/{BACKBONES.entry('mae_vitb16')[1]['model_name']}" in err
