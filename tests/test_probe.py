@@ -78,3 +78,15 @@ def test_agrees_with_scikit_learn_logistic_regression():
     assert abs(ours - theirs) < 1.0
     ours_w, their_w = w.numpy().T, sk.coef_  # (C, D)
     np.testing.assert_allclose(ours_w - ours_w.mean(0), their_w - their_w.mean(0), atol=5e-3)
+
+
+def test_a_class_conditional_gpt_is_probed_with_the_null_class_not_the_label():
+    from digit_bench.models.gpt import GPT, gpt_config
+    from digit_bench.stages.probe import pooled_hidden_states
+
+    torch.manual_seed(0)
+    model = GPT(gpt_config("gpt-nano", vocab_size=16, seq_len=8, num_classes=3)).eval()
+    tokens = np.random.default_rng(0).integers(0, 16, (5, 8)).astype(np.uint16)
+    feats = pooled_hidden_states(model, tokens)
+    null = model.hidden_states(torch.from_numpy(tokens.astype(np.int64)), torch.full((5,), 3))
+    assert all(torch.allclose(f, h.float().mean(1)) for f, h in zip(feats, null))

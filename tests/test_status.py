@@ -68,13 +68,15 @@ def test_each_state_comes_from_the_store_and_the_job_ledger(tmp_path, capsys):
 
 
 def vq_root(root: Path) -> sweep.Plan:
-    """The VQGAN-AR micro sweep's first two waves computed in `root`, then its VQGAN weights deleted, so the stages
-    that load the VQGAN fail while the GPT trains."""
+    """The VQGAN-AR micro sweep's first two waves computed in `root`, then its VQGAN weights overwritten by zeros of
+    the same size (a deleted file is caught as a corrupt artifact before anything runs), so the stages that load the
+    VQGAN fail in their jobs while the GPT trains."""
     plan = _plan("generator=vqgan_ar")
     for n in plan.waves[0] + plan.waves[1]:
         compute(Store(root), n, log=lambda line: None)
     vqgan = next(n for w in plan.waves for n in w if n.stage == "vqgan")
-    (root / "vqgan" / vqgan.id / "vqgan.pt").unlink()
+    weights = root / "vqgan" / vqgan.id / "vqgan.pt"
+    weights.write_bytes(bytes(weights.stat().st_size))
     return plan
 
 
@@ -94,7 +96,7 @@ def watch_a_sweep(root: Path, results: Path, cluster: str, *extra: str) -> tuple
         seen += [s for run in table.values() for s in run.values() if s["state"] == "running" and "progress" in s]
         time.sleep(0.3)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 1, err[-3000:]  # some runs failed
+    assert proc.returncode == 2, err[-3000:]  # some runs failed on a user error (unreadable weights)
     return seen, sweep_status(plan, store)[1], err
 
 

@@ -37,7 +37,9 @@ def pooled_hidden_states(model, tokens: np.ndarray, rows: np.ndarray | None = No
     per_layer: list[np.ndarray] = []
     for start in tqdm(range(0, len(rows), batch_size), desc="probe features", unit="batch"):
         x = torch.from_numpy(np.asarray(tokens[rows[start:start + batch_size]]).astype(np.int64)).to(device())  # (B, T)
-        states = model.hidden_states(x)  # L+1 x (B, T, D)
+        # a class-conditional GPT gets the null class: the true label would hand the probe its answer
+        null = (torch.full((len(x),), model.cfg.num_classes, device=x.device) if model.cfg.num_classes else None)  # (B,)
+        states = model.hidden_states(x, null)  # L+1 x (B, T, D)
         if not per_layer:
             shape = [(len(rows), h.shape[-1]) for h in states]
             per_layer = [np.empty(sh, np.float32) if out is None else

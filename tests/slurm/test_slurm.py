@@ -176,7 +176,7 @@ def check_ddp_result(slurm_root: Path, node, reference, steps: int, logs: list[s
     assert "rank 1 joins the computation of" in logs[1]
     manifest = json.loads((slurm_root / "train" / node.id / "manifest.json").read_text())
     assert manifest["steps"] == steps
-    left = sorted(p.name for p in (slurm_root / "train").iterdir())
+    left = sorted(p.name for p in (slurm_root / "train").iterdir() if not p.name.endswith(".job.json"))  # job ledger
     assert left == sorted([node.id, f"{node.id}.lock"])  # no .work, no .rank<k> scratch directory
     ours, theirs = (without_key_bias(torch.load(path / "ckpt.pt", map_location="cpu", weights_only=True)["model"])
                     for path in (slurm_root / "train" / node.id, reference.path))
