@@ -34,9 +34,9 @@ scaled by sqrt(d). Our GPT (models/gpt.py) has exactly this computation with its
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import math
-import pickle
 import re
 from pathlib import Path
 
@@ -45,6 +45,7 @@ import torch
 
 from digit_bench.artifacts import Artifact, Store, artifact_id
 from digit_bench.errors import UserError
+from digit_bench.weights import load_weights
 
 NSPECIAL = 5  # <s>, <pad>, </s>, <unk>, <n>
 PAD, EOS = 1, 2
@@ -76,11 +77,12 @@ def load_fairseq(path: str | Path, trust_pickle: bool = False) -> tuple[dict, di
     `trust_pickle` loads them with full unpickling (run arbitrary code from the file: only for files you trust).
     """
     path = _existing(path, "fairseq checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-    except pickle.UnpicklingError as e:
-        raise UserError(f"{path} holds pickled objects besides tensors ({str(e).splitlines()[0][:120]}); if you trust "
-                        "the file (e.g. the official DiGIT release), pass --trust-pickle") from None
+    if trust_pickle:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    else:  # the one tensors-only loader; older fairseq's argparse Namespace of settings is allowed as plain data
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            ckpt = load_weights(path, "fairseq checkpoint", pickled="if you trust the file (e.g. the official DiGIT "
+                                "release), pass --trust-pickle")
     if "model" not in ckpt:
         raise UserError(f"{path} is not a fairseq checkpoint (no 'model' entry; keys: {', '.join(map(str, ckpt))})")
     cfg = ckpt.get("cfg") or {}

@@ -21,7 +21,9 @@ import torch
 from digit_bench.errors import UserError
 
 
-def load_weights(path: str | Path, what: str, *, mmap: bool = False, fix: str = "download it again") -> Any:
+def load_weights(path: str | Path, what: str, *, mmap: bool = False, fix: str = "download it again",
+                 pickled: str = "use the original release file, or re-save only its state_dict (torch.save) or a "
+                                ".safetensors copy") -> Any:
     """The tensors (state dict or nested containers of tensors) in `path`, or a UserError naming the file and why:
     missing, unreadable/truncated, or holding pickled objects that are not tensors (refused: they could run code).
 
@@ -29,6 +31,7 @@ def load_weights(path: str | Path, what: str, *, mmap: bool = False, fix: str = 
         what: the file's role in messages ("backbone.weights", "Inception-v3 (torch-fidelity)").
         mmap: map the file instead of reading it (large checkpoints that are only checked).
         fix: what to do about a truncated or unreadable file.
+        pickled: what to do about a file that holds pickled objects other than tensors.
     """
     path = Path(path)
     if not path.is_file():
@@ -45,8 +48,7 @@ def load_weights(path: str | Path, what: str, *, mmap: bool = False, fix: str = 
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
         raise UserError(f"{what}: {path} holds pickled objects other than tensors ({_first_line(e)}); refusing to load "
-                        "it, as unpickling could run code: use the original release file, or re-save only its "
-                        "state_dict (torch.save) or a .safetensors copy") from None
+                        f"it, as unpickling could run code: {pickled}") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError, ImportError) as e:
         raise UserError(f"{what}: {path} is truncated or not a PyTorch weight file ({type(e).__name__}: "
                         f"{_first_line(e)}); {fix}") from None

@@ -112,6 +112,30 @@ def test_missing_heads_and_pickled_configs_are_user_errors(tmp_path):
         load_fairseq(path)
 
 
+def test_an_older_fairseq_checkpoint_with_an_argparse_namespace_loads_without_trusting_pickle(tmp_path):
+    import argparse
+
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": fairseq_state(), "cfg": None,
+                "args": argparse.Namespace(decoder_attention_heads=4, decoder_normalize_before=False)}, path)
+    state, model_cfg = load_fairseq(path)
+    assert model_cfg["decoder_attention_heads"] == 4 and set(state) == set(fairseq_state())
+
+
+def test_a_payload_in_a_fairseq_checkpoint_never_runs_without_trust_pickle(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": fairseq_state(), "args": Payload()}, path)
+    with pytest.raises(UserError, match="--trust-pickle"):
+        load_fairseq(path)
+    assert not marker.exists()
+
+
 def test_import_gpt_writes_an_artifact_the_sample_stage_reads(tmp_path):
     from digit_bench.stages.common import load_gpt
     from digit_bench.stages.sample import checkpoint_to_samples
