@@ -392,6 +392,9 @@ def paper_e2e(c: Check) -> list[dict]:
         "eval.kid_subset_size": 4, "eval.local_train.steps": 2, "eval.local_train.batch_size": 8,
         "probe.max_iter": 5, "stability.num_images": 2,
         "stability.snrs_db": "[20]",
+        # one device: the profile's 4-GPU DDP shape (4 x micro-batch 128) does not apply to this micro-run
+        "launcher.gpus_per_node": 1, "launcher.tasks_per_node": 1, "train.micro_batch_size": "null",
+        "stage2.train.micro_batch_size": "null",
     }
     if c.tiny:  # CPU: the paper's layout and paths, narrower networks
         sets.update({"gpt.size": "gpt-nano", "stage2.size": "gpt-nano", "vqgan.ch": 32, "data.image_size": 128,
