@@ -342,16 +342,16 @@ def run_dag(cfg: ExperimentConfig) -> dict[str, Node]:
     tokenizer_backbone = cfg.backbone.name if cfg.generator == "digit" else cfg.generator
     nodes["metrics"] = evaluate_node(cfg, nodes["images"], f"{cfg.generator}-s{cfg.seed}", cfg.seed, tokenizer_backbone)
     nodes["real_metrics"] = evaluate_node(cfg, real_images_node(cfg), "real_val", instrument_seed(cfg), "real")
-    _set_threads(list(nodes.values()), cfg.threads)
+    set_threads(list(nodes.values()), cfg.threads)
     return nodes
 
 
-def _set_threads(nodes: list[Node], threads: int) -> None:
+def set_threads(nodes: list[Node], threads: int) -> None:
     """Put the thread count into the config of `nodes` and their ancestors, before any id is computed."""
     for node in nodes:
         if "threads" not in node.cfg:
             node.cfg["threads"] = threads
-            _set_threads(list(node.parents.values()), threads)
+            set_threads(list(node.parents.values()), threads)
 
 
 def real_images_node(cfg: ExperimentConfig) -> Node:

@@ -100,11 +100,12 @@ def score(images, provenance: dict, cfg, store, label: str) -> tuple[dict, dict]
 
     The bootstrap seed is `cfg.seed`, as for a sweep run's row.
     """
-    from digit_bench.pipeline import compute, evaluate_node, imported_node
+    from digit_bench.pipeline import compute, evaluate_node, imported_node, set_threads
     from digit_bench.released import import_images
 
     art = import_images(store, images, label, provenance)
     node = evaluate_node(cfg, imported_node("images", art.id), f"external-{label}", cfg.seed, "external")
+    set_threads([node], cfg.threads)  # as in a sweep's DAG: the reference and judge are the sweep's own artifacts
     metrics = compute(store, node, log=log.info)
     return json.loads((metrics / "metrics.json").read_text()), {"images": art.id, "metrics": node.id,
                                                                 **{r: p.id for r, p in node.parents.items()}}
@@ -131,9 +132,10 @@ def export_reference(store, cfg, path: Path) -> None:
     import numpy as np
 
     from digit_bench.eval.fidelity import load_reference
-    from digit_bench.pipeline import compute, reference_node
+    from digit_bench.pipeline import compute, reference_node, set_threads
 
     node = reference_node(cfg, cfg.eval.extractor)
+    set_threads([node], cfg.threads)
     art = compute(store, node, log=log.info)
     if art.manifest["kind"] != "dataset":
         raise UserError("--export-reference needs a dataset: reference (an npz reference is already a file)")
