@@ -346,7 +346,7 @@ def test_inception_gets_checked_tensors_not_the_path(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="stop"):
         fidelity.extract_features(np.zeros((1, 8, 8, 3), np.uint8), ex)
     buf = seen["feature_extractor_weights_path"]
-    assert not isinstance(buf, (str, Path)) and torch.equal(torch.load(buf)["fc.weight"], torch.zeros(2, 2))
+    assert not isinstance(buf, (str, Path)) and torch.equal(torch.load(buf, weights_only=True)["fc.weight"], torch.zeros(2, 2))
 
 
 def test_external_weights_are_keyed_by_content(tmp_path):
