@@ -65,6 +65,8 @@ GPT_SIZES: dict[str, dict] = {
     "gpt-nano": dict(n_layer=2, n_head=2, n_embd=64, n_ffn=256, vocab_size=512, seq_len=64),  # 0.17M
     "gpt-micro": dict(n_layer=4, n_head=4, n_embd=128, n_ffn=512, vocab_size=512, seq_len=64),  # 0.93M
     "gpt-mini": dict(n_layer=6, n_head=8, n_embd=256, n_ffn=1024, vocab_size=512, seq_len=64),  # 5.0M
+    # Fig. 4a's "39M" probe model (its architecture is not published): 10 x 512 at K=8192, 256 tokens: 40.0M
+    "digit-39m": dict(n_layer=10, n_head=8, n_embd=512, n_ffn=2048, vocab_size=8192, seq_len=256),
     "digit-b": dict(n_layer=16, n_head=16, n_embd=1024, n_ffn=4096, vocab_size=8192, seq_len=256),  # 218.6M
     "digit-l": dict(n_layer=24, n_head=16, n_embd=1536, n_ffn=6144, vocab_size=16384, seq_len=256),  # 730.7M
 }
