@@ -170,6 +170,15 @@ def _fmt_key(value) -> str:
     return "–" if pd.isna(value) else str(value)
 
 
+def key_name(key: str, keys: list[str]) -> str:
+    """A swept key as a label shows it: its KEY_NAMES name, else its last part, else (when another swept key ends
+    the same way: `sample.top_p` and `stage2.top_p`) the whole dotted key."""
+    if key in KEY_NAMES:
+        return KEY_NAMES[key]
+    short = key.split(".")[-1]
+    return key if any(k != key and k.split(".")[-1] == short for k in keys) else short
+
+
 def row_label(row: pd.Series, keys: list[str]) -> str:
     """A human name for a run cell or a ceiling row: "DiGIT · dino_tiny · K=256", "real data (val)"."""
     gen = str(row.get("generator", ""))
@@ -185,7 +194,7 @@ def row_label(row: pd.Series, keys: list[str]) -> str:
     for k in keys:
         if k == "generator" or pd.isna(row.get(k)):
             continue
-        name = KEY_NAMES.get(k, k.split(".")[-1])
+        name = key_name(k, keys)
         parts.append(f"{name}={_fmt_key(row[k])}" if name and name != "stage 2" else
                      f"{name} {_fmt_key(row[k])}" if name else _fmt_key(row[k]))
     return " · ".join(parts)
@@ -465,9 +474,16 @@ def _headline_interval(name: str) -> bool:
     return name not in ("params", "flops") and not name.startswith("cost.")
 
 
-def ceiling_table(ceilings: pd.DataFrame, names: list[str]) -> Table:
-    """The real-data and decoder ceilings, once, never marked."""
-    text = pd.DataFrame({"label": [row_label(r, []) for _, r in ceilings.iterrows()]})
+def ceiling_table(ceilings: pd.DataFrame, names: list[str], keys: list[str]) -> Table:
+    """The real-data and decoder ceilings, once, never marked; ceilings of one tokenizer that differ in a swept
+    setting (a decoder's top_p) name it."""
+    labels = pd.Series([row_label(r, []) for _, r in ceilings.iterrows()], index=ceilings.index)
+    for _, same in ceilings.groupby(labels):
+        differ = [k for k in keys if k in same and k != "generator" and same[k].astype(str).nunique() > 1]
+        for i, r in same.iterrows():
+            labels[i] = row_label(r, []) + "".join(f" · {key_name(k, keys)}={_fmt_key(r[k])}"
+                                                   for k in differ if not pd.isna(r[k]))
+    text = pd.DataFrame({"label": list(labels)})
     sort = pd.DataFrame(np.nan, index=text.index, columns=text.columns)
     for name in names:
         if name not in ceilings or ceilings[name].isna().all():
@@ -971,7 +987,7 @@ def _pages(df: pd.DataFrame, keys: list[str], published: pd.DataFrame, ext: pd.D
     full = cell_table(runs, keys, [m for m in metrics if _headline(m)], intervals=False, title="Full table",
                       tag="full-table", gaps=gaps, note="Mean ± std (ddof=1) over the n seeds of each cell; marks as "
                                                         "in the main table.")
-    ceil = ceiling_table(ceilings, [m for m in main_metrics(df) if _headline_interval(m)])
+    ceil = ceiling_table(ceilings, [m for m in main_metrics(df) if _headline_interval(m)], keys)
     stability = any(m.startswith("token_change") for m in metrics)
     return _Pages(main, full, ceil, claim_table(runs, keys), card, published_tables(published, stability),
                   external_table(ext, main_metrics(df)) if len(ext) else None)

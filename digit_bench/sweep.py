@@ -372,6 +372,7 @@ def cost_columns(store: Store, dag: dict[str, Node]) -> dict:
 def collect_rows(plan: Plan, store: Store) -> tuple[list[dict], list[dict]]:
     """One flat row per run (plus ceiling rows), and the failures (a run, or a ceiling that could not be computed)."""
     rows, failed, seen_ceilings = [], [], set()
+    shared = _ceiling_points(plan)
     for run in plan.sweep.runs:
         dag = plan.dags[run.run_id]
         # what the seed re-keyed: seed_scope and each stochastic stage's seed (a JSON text column)
@@ -393,7 +394,7 @@ def collect_rows(plan: Plan, store: Store) -> tuple[list[dict], list[dict]]:
                        "seed": instrument_seed(run.cfg), **scope,
                        "stage_seeds": json.dumps({k: v for k, v in seeds.items() if k in own}, sort_keys=True)}
             if m:
-                rows.append({**ceiling, "generator": m.get("label", role), "row_kind": "ceiling", **m})
+                rows.append({**ceiling, "generator": m.get("label", role), "row_kind": "ceiling", **shared[node.id], **m})
             else:
                 failed.append(_failure(plan, node, {**ceiling, "generator": role}))
         metrics = _read_metrics(store, dag["metrics"])
@@ -410,6 +411,18 @@ def collect_rows(plan: Plan, store: Store) -> tuple[list[dict], list[dict]]:
         row.update({f"artifacts.{role}": n.id for role, n in dag.items()})
         rows.append(row)
     return rows, failed
+
+
+def _ceiling_points(plan: Plan) -> dict[str, dict]:
+    """Per ceiling node, the swept values that every run using it agrees on (e.g. the decoder's `stage2.top_p`), so
+    two ceilings of one tokenizer are told apart in results.csv and the report."""
+    users: dict[str, list[dict]] = {}
+    for run in plan.sweep.runs:
+        for role in ("ceiling_metrics", "real_metrics"):
+            if role in plan.dags[run.run_id]:
+                users.setdefault(plan.dags[run.run_id][role].id, []).append(run.point)
+    return {nid: {k: v for k, v in points[0].items() if k not in ("generator", "seed") and all(p.get(k) == v for p in points)}
+            for nid, points in users.items()}
 
 
 def _failure(plan: Plan, sink: Node, base: dict) -> dict:

@@ -13,6 +13,7 @@ import torch
 from digit_bench.config import load_sweep
 from digit_bench.models.gpt import GPT, gpt_config
 from digit_bench.pipeline import run_dag
+from digit_bench.sweep import _ceiling_points, make_plan
 from digit_bench.sweep import main as sweep_main
 
 ABL = Path(__file__).resolve().parents[1] / "ablations"
@@ -37,6 +38,15 @@ def test_conditional_paper_cells_sample_as_the_released_scripts():
     cells = {(r.cfg.generator, r.cfg.gpt.class_conditional): r.cfg for r in runs}
     assert cells[("digit", True)].sample.top_k == 300 and cells[("digit", False)].sample.top_k == 200
     assert cells[("digit", True)].gpt.label_dropout == 0 and cells[("digit", True)].sample.cfg_scale == 1.0
+
+
+def test_each_decoder_ceiling_carries_the_swept_settings_its_runs_share():
+    plan = make_plan(load_sweep(ABL / "sampling.yaml", "smoke"))
+    points = _ceiling_points(plan)
+    by_run = {r.run_id: points[plan.dags[r.run_id]["ceiling_metrics"].id] for r in plan.sweep.runs}
+    decoded = [r for r in plan.sweep.runs if "stage2.top_p" in r.point]
+    assert decoded and all(by_run[r.run_id] == {"stage2.top_p": r.point["stage2.top_p"]} for r in decoded)
+    assert all(by_run[r.run_id] == {} for r in plan.sweep.runs if "sample.top_k" in r.point)  # one shared ceiling
 
 
 def test_sampling_selects_on_val_and_never_reads_test():
@@ -80,3 +90,7 @@ def test_smoke_sweep_runs(name, tmp_path):
     assert len(rows) > 1
     for metrics in (tmp_path / "runs" / "evaluate").glob("*/metrics.json"):
         assert np.isfinite(json.loads(metrics.read_text())["fd_local"])
+    table = (tmp_path / "results" / name / "smoke" / "table.md").read_text()
+    ceilings = table.split("## Ceilings")[1].split("## ")[0]
+    labels = [line.split(" | ")[0] for line in ceilings.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(labels) == len(set(labels)), labels  # two decoders of one tokenizer are told apart
