@@ -265,7 +265,33 @@ def training_curves(curves: pd.DataFrame, runs: pd.DataFrame, keys: list[str]) -
     return fig, "fig_training_curves"
 
 
-FIGURES = (fd_vs_k, fd_vs_params, probe_vs_layer, token_change_vs_snr, fd_vs_stability, fd_vs_cost)
+def fd_vs_settings(df, runs, keys, fd):
+    """FD against each numeric swept setting that no figure above draws (prefix length: Fig. 4b; top-k / top-p:
+    Fig. 6; training steps), one series per value of the other keys, with each series' decoder ceiling dashed."""
+    if fd is None:
+        return []
+    figures = []
+    ceilings = df[df["row_kind"] == "ceiling"].set_index("run_id")[fd] if "run_id" in df else pd.Series(dtype=float)
+    for x in keys:
+        if x in ("tokenizer.k", "seed", "generator") or not pd.api.types.is_numeric_dtype(runs[x]) \
+                or runs[x].nunique() < 2:
+            continue
+        fig, ax = _new(f"Sample quality vs {x}")
+        for label, col, g in _series(runs[runs[x].notna()], keys, x):
+            xs = sorted(g[x].unique())
+            _errorbar(ax, xs, cells(g, [x], fd), color=col, label=label)
+            if "artifacts.ceiling_metrics" in g:
+                ceil = [ceilings.get(g[g[x] == v]["artifacts.ceiling_metrics"].iloc[0], np.nan) for v in xs]
+                if not np.isnan(np.asarray(ceil, float)).all():
+                    ax.plot(xs, ceil, ls="--", color=col, lw=1, label=f"{label}: decoder ceiling")
+        _ceiling_lines(ax, df, fd)
+        ax.set(xlabel=x, ylabel=axis_label(fd))
+        _legend(ax)
+        figures.append((fig, f"fig_{fd}_vs_{x}"))
+    return figures
+
+
+FIGURES = (fd_vs_k, fd_vs_params, probe_vs_layer, token_change_vs_snr, fd_vs_stability, fd_vs_cost, fd_vs_settings)
 
 
 def draw_all(csv_path: Path, out_dir: Path) -> list[Path]:
@@ -276,7 +302,10 @@ def draw_all(csv_path: Path, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in [*out_dir.glob("fig_*.png"), *out_dir.glob("fig_*.pdf")]:
         old.unlink()
-    drawn = [draw(df, runs, keys, fd) for draw in FIGURES]
+    drawn = []
+    for draw in FIGURES:
+        item = draw(df, runs, keys, fd)
+        drawn.extend(item if isinstance(item, list) else [item])
     curves_csv = Path(csv_path).parent / "curves.csv"
     if curves_csv.is_file():
         drawn.append(training_curves(pd.read_csv(curves_csv), runs, keys))

@@ -94,3 +94,6 @@ def test_smoke_sweep_runs(name, tmp_path):
     ceilings = table.split("## Ceilings")[1].split("## ")[0]
     labels = [line.split(" | ")[0] for line in ceilings.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(labels) == len(set(labels)), labels  # two decoders of one tokenizer are told apart
+    swept = {"prefix_length": "sample.prefix_len", "sampling": "sample.top_k", "paper_long": "train.steps"}
+    if name in swept:  # the paper's figure: FD against the swept setting, per generator
+        assert (tmp_path / "results" / name / "smoke" / f"fig_fd_local_vs_{swept[name]}.png").is_file()
