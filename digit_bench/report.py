@@ -584,7 +584,8 @@ CLAIMS = (
 
 
 def _claim_rows(runs: pd.DataFrame, side: str, name: str) -> Optional[pd.DataFrame]:
-    """The runs of the cell a claim names: best DiGIT cell by `name`, a baseline, a backbone, or a model size."""
+    """The runs of the side a claim names: DiGIT, a baseline, a backbone, or a model size (the best cell is picked
+    later, `_matched_cells`)."""
     if side == "digit":  # the paper's DiGIT: DINO-family tokens when the sweep has them, else any DiGIT cell
         rows = runs[runs["generator"] == side]
         dino = rows[rows["backbone.name"].astype(str).str.startswith("dino")] if "backbone.name" in rows else rows
@@ -602,6 +603,27 @@ def _claim_rows(runs: pd.DataFrame, side: str, name: str) -> Optional[pd.DataFra
             if "backbone.name" in runs else runs.iloc[:0]
     if rows.empty or name not in rows or rows[name].isna().all():
         return None
+    return rows
+
+
+SIDE_KEYS = ("generator", "backbone.name", "gpt.size", "seed")  # what a claim's side is; other swept keys are settings
+
+
+def _matched_cells(a: pd.DataFrame, b: pd.DataFrame, keys: list[str], name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A's best cell and B's best cell at the same setting of the other swept keys when the two sides share one (a
+    prefix length, the class token), so a claim compares like with like; each side's best cell when they share none."""
+    shared = [k for k in keys if k not in SIDE_KEYS and k in a and k in b]
+    setting_a = a[shared].astype(str).agg("|".join, axis=1) if shared else pd.Series("", index=a.index)
+    setting_b = b[shared].astype(str).agg("|".join, axis=1) if shared else pd.Series("", index=b.index)
+    common = set(setting_a) & set(setting_b)
+    if not shared or not common:
+        return _best_cell(a, name), _best_cell(b, name)
+    best_a = _best_cell(a[setting_a.isin(common)], name)
+    return best_a, _best_cell(b[setting_b == setting_a[best_a.index[0]]], name)
+
+
+def _best_cell(rows: pd.DataFrame, name: str) -> pd.DataFrame:
+    """The runs of the cell with the best mean `name` among `rows`."""
     keys = [c for c in config_columns(rows) if rows[c].nunique() > 1]
     if not keys:
         return rows
@@ -622,6 +644,7 @@ def claim_table(runs: pd.DataFrame, keys: list[str]) -> Table:
         a, b = _claim_rows(runs, claim.a, name), _claim_rows(runs, claim.b, name)
         if a is None or b is None:
             continue
+        a, b = _matched_cells(a, b, keys, name)
         ca, cb = cells(a, [], name)[0], cells(b, [], name)[0]
         d, how = differ(ca, cb)
         better = (ca.mean > cb.mean) == bool(higher_is_better(name))
@@ -634,7 +657,8 @@ def claim_table(runs: pd.DataFrame, keys: list[str]) -> Table:
     text = pd.DataFrame(out, columns=["claim", "paper", "metric", "A", "B", "verdict", "test"])
     return Table("Ours vs paper", text, None,
                  "A claim holds when A beats B beyond the 95% interval of their difference, is reversed when B beats A "
-                 "beyond it, and is within noise otherwise. When a side has several cells, its best cell is used; DiGIT "
+                 "beyond it, and is within noise otherwise. When a side has several cells, its best cell is used, at a "
+                 "setting of the other swept keys both sides have when there is one (like against like); DiGIT "
                  "means DINO-family tokens when the sweep has them.",
                  None, "claims")
 

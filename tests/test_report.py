@@ -447,3 +447,13 @@ def test_an_unreadable_external_csv_is_a_user_error(tmp_path):
     (folder / "external" / "broken.csv").write_text("label,fd\n1\n")
     with pytest.raises(UserError, match="no generator column"):
         report.report_from_csv(folder)
+
+
+def test_claims_compare_like_with_like_on_the_committed_conditional_results():
+    """The conditional sweep has unconditional and class-conditional DiGIT but only a class-conditional VQ GPT: the
+    DiGIT-vs-VQ claim must pair the two class-conditional cells, not DiGIT's best cell with whatever VQ has."""
+    df = pd.read_csv(Path(__file__).resolve().parents[1] / "results" / "conditional" / "tiny" / "results.csv")
+    runs = df[df["row_kind"] == "run"]
+    table = report.claim_table(runs, ["generator", "gpt.class_conditional"]).text
+    row = table[table["claim"].str.startswith("DiGIT beats the same GPT")].iloc[0]
+    assert "class_conditional=True" in row["A"] and "class_conditional=True" in row["B"]
