@@ -61,7 +61,7 @@ from tqdm import tqdm
 
 from digit_bench.config import LDMConfig
 from digit_bench.errors import UserError
-from digit_bench.registry import did_you_mean
+from digit_bench.registry import SCHEDULERS, did_you_mean
 from digit_bench.training import fit, load_checkpoint
 
 SD_VAE_HINT = ("download stabilityai/sd-vae-ft-ema on a machine with internet (`hf download "
@@ -316,13 +316,8 @@ def load_denoiser(ckpt_path: Path, cfg: LDMConfig, num_classes: int, latent_chan
 
 # ------------------------------------------------------------------------------------------------------ sampling
 def sampling_scheduler(cfg: LDMConfig) -> diffusers.SchedulerMixin:
-    """The diffusers scheduler class `cfg.scheduler`, configured from the training schedule, timesteps set."""
-    cls = getattr(diffusers, cfg.scheduler, None)
-    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
-        names = [name for name in dir(diffusers) if name.endswith("Scheduler")]
-        raise UserError(f"ldm.scheduler {cfg.scheduler!r} is not a diffusers scheduler"
-                        f"{did_you_mean(cfg.scheduler, names)}; e.g. DDIMScheduler, DDPMScheduler, "
-                        f"DPMSolverMultistepScheduler, EulerDiscreteScheduler")
+    """The registered diffusers scheduler `cfg.scheduler`, configured from the training schedule, timesteps set."""
+    cls = SCHEDULERS.get(cfg.scheduler, "ldm.scheduler")
     scheduler = cls.from_config(noise_scheduler(cfg).config)
     scheduler.set_timesteps(cfg.num_inference_steps)
     return scheduler
