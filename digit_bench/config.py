@@ -559,8 +559,10 @@ def check_names(cfg: ExperimentConfig) -> None:
     views = list(cfg.tokenizer.views)
     bad = [v for v in views if v not in ("identity", "hflip") and not (v.startswith("crop") and v[4:].isdigit())]
     if bad or not views or views[0] != "identity" or len(set(views)) != len(views):
-        raise UserError(f"tokenizer.views {views}: list distinct views starting with identity, from identity, hflip "
-                        "and crop<i> (seeded random crop + flip), e.g. [identity, hflip, crop0, crop1]")
+        raise UserError(f"tokenizer.views {views}"
+                        f"{did_you_mean(bad[0], ['identity', 'hflip', 'crop0']) if bad else ''}: list distinct views "
+                        "starting with identity, from identity, hflip and crop<i> (seeded random crop + flip), e.g. "
+                        "[identity, hflip, crop0, crop1]")
 
 
 def training_world(launcher: LauncherConfig) -> int:
