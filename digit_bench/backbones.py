@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from digit_bench.config import BackboneConfig
 from digit_bench.errors import UserError
+from digit_bench.training import seeded_init
 from digit_bench.weights import load_weights
 
 
@@ -180,8 +181,7 @@ def _encoder_state_dict(path: str) -> dict[str, torch.Tensor]:
 def random_vit(*, layer: int, patch_size: int, embed_dim: int, depth: int, num_heads: int, init_seed: int,
                img_size: int | None = 32, name: str = "random_vit") -> FeatureBackbone:
     """A timm VisionTransformer with seeded random init and ImageNet mean/std (tests, a no-learning control)."""
-    with torch.random.fork_rng(devices=[]):  # seed timm's init without touching the global RNG
-        torch.manual_seed(init_seed)
+    with seeded_init(init_seed):
         model = VisionTransformer(img_size=img_size or 32, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
                                   num_heads=num_heads, num_classes=0)
     return FeatureBackbone.from_timm(model, name=name, layer=layer, mean=IMAGENET_DEFAULT_MEAN,
