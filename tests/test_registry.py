@@ -168,6 +168,18 @@ def test_the_local_backbones_build_and_give_patch_features(tmp_path):
         assert backbone(images).shape == (2, 16, widths[name]), name  # (B, T, D)
 
 
+@pytest.mark.parametrize("kind", [k for k in ALL if k != "generators"])
+def test_every_entrys_fixed_arguments_are_ones_its_builder_takes(kind):
+    """A misspelt keyword in a registry line fails here, not when a sweep first builds that entry."""
+    import inspect
+
+    for name in ALL[kind].names():
+        target, kwargs = ALL[kind].entry(name)
+        kwargs.pop("release_file", None), kwargs.pop("release_url", None)  # metadata, never passed on
+        module, attr = target.split(":")
+        inspect.signature(getattr(importlib.import_module(module), attr)).bind_partial(**kwargs)
+
+
 @pytest.mark.parametrize("builder", ["timm_backbone", "random_vit", "pixels", "pretrained_tiny"])
 def test_backbone_builders_take_no_unknown_keywords(builder):
     import inspect
