@@ -10,7 +10,8 @@ tokens (CLS and registers) dropped. Positive values index blocks from 0. timm's 
 exactly this: `norm=True` applies `model.norm` to the taken block, and it splits the prefix tokens off unless
 `return_prefix_tokens=True`.
 
-Builders (registered in `digit_bench/registry.py`, all called with the keyword arguments of `BackboneConfig`):
+Builders (registered in `digit_bench/registry.py`, each called with the `BackboneConfig` fields it names; none takes
+other keyword arguments):
 - `timm_backbone`: pretrained weights from the timm/HF cache or an explicit weight file, never random weights.
 - `random_vit`: a seeded random-init timm ViT (CPU tests, a no-learning control).
 - `pixels`: raw pixel patches as features (a no-network control).
@@ -20,6 +21,7 @@ Builders (registered in `digit_bench/registry.py`, all called with the keyword a
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from pathlib import Path
 from typing import Sequence
 
@@ -35,6 +37,7 @@ from tqdm import tqdm
 
 from digit_bench.config import BackboneConfig
 from digit_bench.errors import UserError
+from digit_bench.training import seeded_init
 from digit_bench.weights import load_weights
 
 
@@ -116,7 +119,7 @@ class PixelPatches(FeatureBackbone):
 
 # ------------------------------------------------------------------------------------------------------- builders
 def timm_backbone(model_name: str, *, layer: int, name: str | None = None, weights: str | None = None,
-                  img_size: int | None = None, external_weights: str | None = None, **ignored_arch) -> FeatureBackbone:
+                  img_size: int | None = None, external_weights: str | None = None) -> FeatureBackbone:
     """A pretrained timm ViT: weights from `weights` (a file) or from the timm/HF cache; never random.
 
     Args:
@@ -176,23 +179,21 @@ def _encoder_state_dict(path: str) -> dict[str, torch.Tensor]:
 
 
 def random_vit(*, layer: int, patch_size: int, embed_dim: int, depth: int, num_heads: int, init_seed: int,
-               img_size: int | None = 32, name: str = "random_vit", **ignored) -> FeatureBackbone:
+               img_size: int | None = 32, name: str = "random_vit") -> FeatureBackbone:
     """A timm VisionTransformer with seeded random init and ImageNet mean/std (tests, a no-learning control)."""
-    with torch.random.fork_rng(devices=[]):  # seed timm's init without touching the global RNG
-        torch.manual_seed(init_seed)
+    with seeded_init(init_seed):
         model = VisionTransformer(img_size=img_size or 32, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
                                   num_heads=num_heads, num_classes=0)
     return FeatureBackbone.from_timm(model, name=name, layer=layer, mean=IMAGENET_DEFAULT_MEAN,
                                      std=IMAGENET_DEFAULT_STD)
 
 
-def pixels(*, patch_size: int, img_size: int | None = 32, name: str = "pixels", **ignored) -> FeatureBackbone:
+def pixels(*, patch_size: int, img_size: int | None = 32, name: str = "pixels") -> FeatureBackbone:
     """Raw pixel patches (B, T, 3·p²): the no-network control, same interface as a ViT backbone."""
     return PixelPatches(name=name, patch_size=patch_size, img_size=img_size or 32)
 
 
-def pretrained_tiny(method: str, *, layer: int, weights: str | None = None, name: str | None = None,
-                    **ignored) -> FeatureBackbone:
+def pretrained_tiny(method: str, *, layer: int, weights: str | None = None, name: str | None = None) -> FeatureBackbone:
     """A tiny timm ViT trained here by the `pretrain_ssl` stage, from its `backbone.pt` ({"arch", "model"})."""
     name = name or f"{method}_tiny"
     if weights is None:
@@ -208,10 +209,13 @@ def pretrained_tiny(method: str, *, layer: int, weights: str | None = None, name
 
 
 def build_backbone(cfg: BackboneConfig) -> FeatureBackbone:
-    """The registered backbone `cfg.name`, built from the config's fields."""
+    """The registered backbone `cfg.name`, built from the config fields its builder names in its signature (the
+    others, e.g. random_vit's `depth` for a timm backbone or the extraction `batch_size`, do not apply to it)."""
     from digit_bench.registry import BACKBONES
 
-    return BACKBONES.get(cfg.name)(**dataclasses.asdict(cfg))
+    builder = BACKBONES.get(cfg.name, "backbone.name")
+    takes = inspect.signature(builder).parameters
+    return builder(**{k: v for k, v in dataclasses.asdict(cfg).items() if k in takes})
 
 
 # ----------------------------------------------------------------------------------------------------- extraction

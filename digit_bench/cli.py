@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="tracebacks for user errors")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("ls", help="list registered names")
-    s.add_argument("registry", help="datasets | backbones | tokenizers | generators | extractors | metrics")
+    s.add_argument("registry", help="datasets | backbones | generators | extractors | gpt_sizes | dit_sizes | schedulers | metrics")
     s.set_defaults(fn=cmd_ls)
     s = sub.add_parser("validate", help="expand and type-check a sweep; print runs and artifact ids; compute nothing")
     add_sweep_args(s)

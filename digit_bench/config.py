@@ -107,7 +107,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class GPTModelConfig:
-    size: str = "digit-b"  # row of models.gpt.GPT_SIZES (gpt-nano, gpt-micro, gpt-mini, digit-b, digit-l)
+    size: str = "digit-b"  # registered GPT size (`digit-bench ls gpt_sizes`: gpt-nano ... digit-b, digit-l)
     post_ln: bool = True  # paper stage 1 is post-LN (fairseq decoder_normalize_before=False)
     dropout: float = 0.1  # residual/embedding dropout (paper: 0.1)
     class_conditional: bool = False  # a class token replaces BOS (paper Table 4)
@@ -149,7 +149,7 @@ class VQGANConfig:
 @dataclass(frozen=True)
 class Stage2Config:
     kind: Literal["ar", "maskgit"] = "ar"  # AR = "DiGIT (+VQGAN)", maskgit = "DiGIT (+MaskGIT)"
-    size: str = "digit-b"  # GPT_SIZES row for the decoder (pre-LN)
+    size: str = "digit-b"  # registered GPT size of the decoder (pre-LN; `digit-bench ls gpt_sizes`)
     top_p: float = 0.8  # AR decoding nucleus (paper: 0.8)
     temperature: float = 1.0  # AR decoding temperature (paper: 1.0)
     maskgit_steps: int = 8  # MaskGIT decoding steps (paper: 8)
@@ -159,8 +159,8 @@ class Stage2Config:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    extractor: Literal["local", "inception", "dinov2"] = "inception"  # FD feature extractor
-    extra_extractors: tuple[str, ...] = ()  # more extractors, each its own columns (fd_dinov2, ...)
+    extractor: str = "inception"  # FD feature extractor (`digit-bench ls extractors`: local, inception, dinov2)
+    extra_extractors: tuple[str, ...] = ()  # more registered extractors, each its own columns (fd_dinov2, ...)
     reference: str = "dataset:imagenet:val"  # dataset:<name>:<split> or npz:<file> (ADM-style mu/sigma)
     num_reference: Optional[int] = None  # real images in the reference set (None = the whole split)
     reference_resize: Literal["bicubic", "bilinear"] = "bicubic"  # short-side resize of folder reference images
@@ -216,11 +216,11 @@ class LDMConfig:
     vae_channels: tuple[int, ...] = (32, 64)  # AutoencoderKL block_out_channels (f = 2^(len-1))
     kl_weight: float = 1e-6
     denoiser: Literal["unet", "dit"] = "unet"  # diffusers UNet2DModel or DiTTransformer2DModel
-    dit_size: str = "dit-xl"  # row of models.ldm.DIT_SIZES (dit-tiny, dit-s, dit-b, dit-l, dit-xl = DiT-XL/2)
+    dit_size: str = "dit-xl"  # registered DiT size (`digit-bench ls dit_sizes`: dit-tiny ... dit-xl = DiT-XL/2)
     unet_channels: tuple[int, ...] = (64, 128)  # UNet2DModel block_out_channels
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
     num_train_timesteps: int = 1000
-    scheduler: str = "DDIMScheduler"  # any diffusers scheduler class name for sampling
+    scheduler: str = "DDIMScheduler"  # registered diffusers sampler (`digit-bench ls schedulers`)
     num_inference_steps: int = 50
     cfg_scale: float = 1.0  # classifier-free guidance at sampling (1.0 = off)
     label_dropout: float = 0.1  # class label dropped to the null class in training (enables CFG)
@@ -262,7 +262,7 @@ class ExperimentConfig:
     # tokenizer, decoders and judge are shared instruments), cheaper but blind to their variance.
     seed_scope: Literal["full", "generator"] = "full"
     threads: int = 1  # CPU threads of every stage; in every artifact id: bit-identical reruns need the same count
-    generator: Literal["digit", "vqgan_ar", "ldm"] = "digit"
+    generator: str = "digit"  # registered generator (`digit-bench ls generators`)
     # backbone name -> weight file, for every grid point at once (a mapping in YAML); used where backbone.weights
     # is unset. Relative files resolve in $DIGIT_BENCH_WEIGHTS, else beside the YAML file that names them.
     weights: tuple[tuple[str, str], ...] = ()
@@ -501,14 +501,6 @@ def _check_choice(key: str, value: str, choices: list[str]) -> None:
         raise UserError(f"{key} {value!r} is unknown{did_you_mean(value, choices)}; choose one of: {', '.join(choices)}")
 
 
-def scheduler_names() -> list[str]:
-    """diffusers scheduler class names usable for sampling (ldm.scheduler)."""
-    import diffusers
-
-    return sorted(n for n in dir(diffusers) if n.endswith("Scheduler") and not n.startswith("Flax")
-                  and isinstance(getattr(diffusers, n, None), type) and issubclass(getattr(diffusers, n), diffusers.SchedulerMixin))
-
-
 def check_reference(ref: str) -> None:
     """eval.reference is dataset:<registered dataset>:<train|val|test> or npz:<file>."""
     from digit_bench.registry import DATASETS
@@ -525,22 +517,22 @@ def check_reference(ref: str) -> None:
 
 
 def check_names(cfg: ExperimentConfig) -> None:
-    """Registered names (dataset, backbone, extractors, GPT/DiT sizes, scheduler, reference) exist and the fields that
-    must agree do; raises UserError naming the choices."""
-    from digit_bench.models.gpt import GPT_SIZES
-    from digit_bench.models.ldm import DIT_SIZES
-    from digit_bench.registry import BACKBONES, DATASETS, EXTRACTORS
+    """Every name-valued field (registry.FIELDS: dataset, backbone, generator, extractors, GPT/DiT sizes, scheduler,
+    the `weights:` map's backbones), the profile, the reference and the GPU type exist, and the fields that must agree
+    do; raises UserError naming the field, the closest match and the choices."""
+    from digit_bench.plan import GPU_SPECS, gpu_spec
+    from digit_bench.registry import FIELDS
 
     _check_choice("profile", cfg.profile, list(PROFILES))
-    DATASETS.check(cfg.data.name)
-    BACKBONES.check(cfg.backbone.name)
-    EXTRACTORS.check(cfg.eval.extractor)
-    for ex in cfg.eval.extra_extractors:
-        EXTRACTORS.check(ex)
-    _check_choice("gpt.size", cfg.gpt.size, list(GPT_SIZES))
-    _check_choice("stage2.size", cfg.stage2.size, list(GPT_SIZES))
-    _check_choice("ldm.dit_size", cfg.ldm.dit_size, list(DIT_SIZES))
-    _check_choice("ldm.scheduler", cfg.ldm.scheduler, scheduler_names())
+    for key, registry in FIELDS.items():
+        value: Any = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        names = [n for n, _ in value] if key == "weights" else value if isinstance(value, tuple) else (value,)
+        for name in names:
+            registry.check(name, key)
+    if cfg.launcher.gpu_type is not None and gpu_spec(cfg.launcher.gpu_type) is None:
+        _check_choice("launcher.gpu_type", cfg.launcher.gpu_type, list(GPU_SPECS))
     check_reference(cfg.eval.reference)
     world = training_world(cfg.launcher)
     for key, tcfg in train_configs(cfg):
@@ -567,8 +559,10 @@ def check_names(cfg: ExperimentConfig) -> None:
     views = list(cfg.tokenizer.views)
     bad = [v for v in views if v not in ("identity", "hflip") and not (v.startswith("crop") and v[4:].isdigit())]
     if bad or not views or views[0] != "identity" or len(set(views)) != len(views):
-        raise UserError(f"tokenizer.views {views}: list distinct views starting with identity, from identity, hflip "
-                        "and crop<i> (seeded random crop + flip), e.g. [identity, hflip, crop0, crop1]")
+        raise UserError(f"tokenizer.views {views}"
+                        f"{did_you_mean(bad[0], ['identity', 'hflip', 'crop0']) if bad else ''}: list distinct views "
+                        "starting with identity, from identity, hflip and crop<i> (seeded random crop + flip), e.g. "
+                        "[identity, hflip, crop0, crop1]")
 
 
 def training_world(launcher: LauncherConfig) -> int:

@@ -39,7 +39,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 
 from digit_bench.config import SSLConfig
 from digit_bench.errors import UserError
-from digit_bench.training import fit, save_checkpoint
+from digit_bench.training import fit, save_checkpoint, seeded_init, shard
 
 METHODS = ("dino", "mae", "sup")
 MEAN, STD = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # what timm's resolve_data_config gives a bare ViT
@@ -276,9 +276,10 @@ def make_batch(method: str, images: np.ndarray, labels: np.ndarray, cfg: SSLConf
     return dict(images=crops, labels=torch.from_numpy(labels[idx]).long())
 
 
-def split_batch(batch: dict, parts: int) -> list[dict]:
-    """A global batch (per-image leading dim) -> `parts` micro-batches, DINO views flattened view-major."""
-    micro = [dict(zip(batch, values)) for values in zip(*(v.chunk(parts) for v in batch.values()))]
+def split_batch(batch: dict, slices: list[slice]) -> list[dict]:
+    """A global batch (per-image leading dim) -> the micro-batches at `slices` (`training.shard`), DINO views
+    flattened view-major."""
+    micro = [{k: v[s] for k, v in batch.items()} for s in slices]
     for m in micro:
         for key in ("global_views", "local_views"):
             if key in m:
@@ -352,14 +353,13 @@ def pretrain(method: str, images: np.ndarray, labels: np.ndarray, cfg: SSLConfig
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     labels = np.asarray(labels, dtype=np.int64)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_init(seed):
         model = build_objective(method, cfg, num_classes=int(labels.max()) + 1)
 
     def batch_fn(step: int, rank: int, world_size: int) -> list[dict]:
         accum = cfg.train.accumulation(world_size)[1]
-        micro = split_batch(make_batch(method, images, labels, cfg, seed, step), world_size * accum)
-        return micro[rank * accum:(rank + 1) * accum]
+        return split_batch(make_batch(method, images, labels, cfg, seed, step),
+                           shard(cfg.train.batch_size, accum, rank, world_size))
 
     def loss_fn(model: nn.Module, batch: dict) -> tuple[dict, dict]:
         return {"main": model(**batch)}, {}

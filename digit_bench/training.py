@@ -20,12 +20,18 @@ the start, each rank backpropagates its own micro-batches, and each group's grad
 all_reduce before clipping. This is DDP's arithmetic without its reducer, which assumes one backward per forward and
 so does not fit multi-group (GAN) losses. Rank 0 writes the files.
 
+The contracts every recipe shares are written here once: `shard` (which positions of a global batch a rank's
+micro-batches hold), `step_seed` / `step_rng` (a step's randomness as a pure function of (seed, step)),
+`seeded_init` (a model's random init from a seed, leaving the caller's generator alone) and `device_for` (the one
+device picker).
+
 Ideas from: karpathy/nanoGPT train.py (MIT; loop, weight-decay split, MFU bookkeeping), facebookresearch/fairseq
 (MIT; inverse_sqrt schedule), facebookresearch/DiT train.py (EMA update).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -35,7 +41,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -155,13 +161,50 @@ def load_checkpoint(path: Path) -> dict:
                         " in a .work directory delete it to restart that training")
 
 
-def device_for(precision: str) -> torch.device:
-    """The current CUDA device if there is one, else the CPU; bf16 asked on a GPU without bf16 is a UserError."""
+def device_for(precision: str = "auto") -> torch.device:
+    """The device of this task: CUDA (its LOCAL_RANK's GPU, else the current one) if there is one, else the CPU;
+    bf16 asked on a GPU without bf16 is a UserError."""
     if not torch.cuda.is_available():
         return torch.device("cpu")
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         raise UserError("train precision bf16 asked on a GPU without bf16 support; set precision: fp32 or auto")
-    return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
+
+
+def shard(batch: int, accum: int, rank: int, world: int) -> list[slice]:
+    """Positions in a global batch of `batch` items of the `accum` micro-batches of `rank` of `world`.
+
+    Rank r takes the r-th contiguous block of batch / world items and splits it into `accum` consecutive
+    micro-batches, so every item lands on exactly one rank and one micro-batch, and any world x accum factorisation
+    of one global batch trains on the same items. Draw the whole global batch (indices, noise) from `step_rng`, then
+    slice it: a sample's randomness then never depends on world or accum.
+    """
+    micro = batch // (world * accum) if world > 0 and accum > 0 else 0
+    if micro < 1 or micro * world * accum != batch or not 0 <= rank < world:
+        raise UserError(f"a global batch of {batch} does not split into {world} ranks x {accum} micro-batches (rank "
+                        f"{rank}); make train.batch_size a multiple of world x micro_batch_size")
+    start = rank * accum * micro
+    return [slice(start + i * micro, start + (i + 1) * micro) for i in range(accum)]
+
+
+def step_seed(seed: int, *keys: int) -> int:
+    """A 32-bit seed that is a pure function of (seed, *keys), e.g. (seed, step) or (seed, step, rank)."""
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
+
+
+def step_rng(seed: int, step: int) -> np.random.Generator:
+    """The numpy generator of one training step's global batch: a pure function of (seed, step), which makes resume
+    exact and the batch independent of world and accum (torch generators: `manual_seed(step_seed(seed, step))`)."""
+    return np.random.default_rng([seed, step])
+
+
+@contextlib.contextmanager
+def seeded_init(seed: int) -> Iterator[None]:
+    """Seed torch's global generator for a model's random init (torch, timm and diffusers init from it), then give
+    the caller its generator back: `with seeded_init(seed): model = Net()`."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def fit(model: nn.Module, loss_fn: LossFn, batch_fn: BatchFn, cfg: TrainConfig, work_dir: Path, *, seed: int,
@@ -173,7 +216,7 @@ def fit(model: nn.Module, loss_fn: LossFn, batch_fn: BatchFn, cfg: TrainConfig, 
         loss_fn: (model, micro_batch) -> ({group: loss}, {name: float to log}); one loss per parameter group.
         batch_fn: (step, rank, world_size) -> list of `cfg.accumulation(world_size)[1]` micro-batches of this rank
             (tensors, or tuples/lists/dicts of tensors, moved to the device here); must be a pure function of
-            (seed, step) for exact resume. `micro_batches(cfg, rank, world)` splits a global batch for it.
+            (seed, step) for exact resume. `shard(batch_size, accum, rank, world)` splits a global batch for it.
         cfg: optimizer, schedule, accumulation, clipping, EMA, checkpoint and precision settings.
         work_dir: holds ckpt.pt and log.jsonl; created if missing.
         seed: seeds each update's dropout randomness together with the step and rank.
@@ -241,7 +284,7 @@ def fit(model: nn.Module, loss_fn: LossFn, batch_fn: BatchFn, cfg: TrainConfig, 
         signals.__enter__()
         while step < cfg.steps:
             t_step = time.perf_counter()
-            torch.manual_seed(int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0]))
+            torch.manual_seed(step_seed(seed, step, rank))
             micro_batches = batch_fn(step, rank, world)
             if len(micro_batches) != accum:
                 raise UserError(f"batch_fn gave {len(micro_batches)} micro-batches for step {step}; batch_size "
@@ -318,14 +361,6 @@ def fit(model: nn.Module, loss_fn: LossFn, batch_fn: BatchFn, cfg: TrainConfig, 
         "world_size": world, "micro_batch_size": micro, "grad_accum": accum,
         "tokens_per_s": items_per_s * tokens_per_item if items_per_s and tokens_per_item else None,
     }
-
-
-def micro_batches(cfg: TrainConfig, rank: int, world: int) -> list[np.ndarray]:
-    """Positions in the global batch (0..batch_size-1) of each micro-batch of `rank`: rank r takes the r-th
-    contiguous block of batch_size / world items and splits it into the accumulation steps, so any world x accum
-    factorisation of one global batch sees the same items."""
-    micro, accum = cfg.accumulation(world)
-    return list(np.arange(rank * micro * accum, (rank + 1) * micro * accum).reshape(accum, micro))
 
 
 def _adamw(params: list[nn.Parameter], cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,36 +52,45 @@ def _corrupt_folder(tmp_path: Path) -> str:
     return str(tmp_path / "imgs")
 
 
+# Command-line failures, each with the whole message it must print (where, what, and the fix). Errors inside sweep
+# files are tested once, against load_sweep, in tests/test_config.py; typos in names in tests/test_registry.py.
 BAD = {
-    "bad yaml": (lambda t: ["validate", _sweep(t, "grid: [\n")], "invalid YAML"),
-    "unknown key": (lambda t: ["validate", _sweep(t, "defaults:\n  tokenizer.kk: 1\n")], "did you mean tokenizer.k?"),
-    "wrong type": (lambda t: ["validate", _sweep(t, "defaults:\n  train.steps: lots\n")], "expected int"),
-    "missing include": (lambda t: ["validate", _sweep(t, "include: nope.yaml\n")], "included file not found"),
-    "unknown profile": (lambda t: ["validate", "ablations/backbones.yaml", "--profile", "huge"], "unknown profile 'huge'"),
-    "unknown dataset": (lambda t: ["validate", "ablations/backbones.yaml", *SMOKE, "--set", "data.name=cifar10"], "unknown dataset 'cifar10'"),
-    "missing data root": (lambda t: ["run", "features", _sweep(t, BASE), *SMOKE, "--root", str(t / "r"), "--set", "data.name=imagenet",
-                                     "--set", f"data.root={t / 'nowhere'}"], "ImageNet not found"),
-    "unreadable image": (lambda t: ["run", "features", _sweep(t, BASE), *SMOKE, "--root", str(t / "r"), "--set", "data.name=folder",
-                                    "--set", f"data.root={_corrupt_folder(t)}"], "no readable images"),
-    "negative size": (lambda t: ["validate", "ablations/backbones.yaml", *SMOKE, "--set", "train.batch_size=-8"], "must be > 0"),
-    "empty grid": (lambda t: ["validate", _sweep(t, "grid: []\n")], "empty grid"),
-    "missing sweep file": (lambda t: ["validate", str(t / "absent.yaml")], "sweep file not found"),
-    "bad --set": (lambda t: ["validate", "ablations/backbones.yaml", "--set", "tokenizer.k"], "expected key=value"),
-    "unknown registry": (lambda t: ["ls", "backbonez"], "did you mean backbones?"),
-    "unknown stage": (lambda t: ["run", "featurez", "ablations/codebook_sizes.yaml", *SMOKE, "--root", str(t / "r")], "has no stage 'featurez'"),
+    "sweep file error": (lambda t: ["validate", _sweep(t, "grid: [\n")],
+                         r"error: .*/s\.yaml:2: invalid YAML: expected the node content, but found '<stream end>'"),
+    "unknown profile": (lambda t: ["validate", "ablations/backbones.yaml", "--profile", "huge"],
+                        r"error: unknown profile 'huge'; choose one of: smoke, tiny, paper, paper_long"),
+    "missing data root": (lambda t: ["run", "features", _sweep(t, BASE), *SMOKE, "--root", str(t / "r"), "--set",
+                                     "data.name=imagenet", "--set", f"data.root={t / 'nowhere'}"],
+                          r"error: ImageNet not found at .*/nowhere: set data\.root \(or DIGIT_BENCH_DATA\) to a folder "
+                          r"with train/ and val/ ImageFolders \(one sub-folder per class\)"),
+    "unreadable image": (lambda t: ["run", "features", _sweep(t, BASE), *SMOKE, "--root", str(t / "r"), "--set",
+                                    "data.name=folder", "--set", f"data.root={_corrupt_folder(t)}"],
+                         r"error: no readable images under .*/imgs \(extensions \.jpg, \.jpeg, \.png, \.bmp, \.webp\)"),
+    "negative size": (lambda t: ["validate", "ablations/backbones.yaml", *SMOKE, "--set", "train.batch_size=-8"],
+                      r"error: --set: train\.batch_size must be > 0, got -8"),
+    "missing sweep file": (lambda t: ["validate", str(t / "absent.yaml")],
+                           r"error: sweep file not found: .*/absent\.yaml; give the path of a YAML file such as "
+                           r"ablations/backbones\.yaml"),
+    "bad --set": (lambda t: ["validate", "ablations/backbones.yaml", "--set", "tokenizer.k"],
+                  r"error: --set 'tokenizer\.k': expected key=value, e\.g\. --set tokenizer\.k=1024"),
+    "unknown registry": (lambda t: ["ls", "backbonez"],
+                         r"error: unknown registry 'backbonez' \(did you mean backbones\?\); choose one of: datasets, "
+                         r"backbones, .*"),
+    "unknown stage": (lambda t: ["run", "featurez", "ablations/codebook_sizes.yaml", *SMOKE, "--root", str(t / "r")],
+                      r"error: run k16-s0-[0-9a-f]+ has no stage 'featurez'; its stages are: .*\bfeatures\b.*"),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_input_exits_2_with_one_line(case, tmp_path, capsys, monkeypatch):
+def test_bad_input_exits_2_with_its_one_line_message(case, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
-    argv, fragment = BAD[case]
+    argv, message = BAD[case]
     code, out, err = run_cli(capsys, *argv(tmp_path))
-    lines = [l for l in err.splitlines() if l.startswith("error:")]
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 2, err
-    assert len(lines) == 1 and fragment in lines[0], err
+    assert len(lines) == 1 and re.fullmatch(message, lines[0]), err
     assert "Traceback" not in err
-    assert not list((tmp_path / "r").glob("*/*-*[0-9a-f]")) if (tmp_path / "r").exists() else True
+    assert list((tmp_path / "r").glob("*/*-*[0-9a-f]")) == []  # no artifact was computed
 
 
 def test_validate_prints_ids_and_computes_nothing(capsys, tmp_path, monkeypatch):

@@ -73,9 +73,10 @@ def test_any_field_change_gives_a_new_id(leaf, delta):
     key, value = leaf
     base = ExperimentConfig()
     changed = apply_overrides(base, [Override(key, value + delta, "test")])
+    reverted = apply_overrides(changed, [Override(key, value, "test")])
     point = {"seed": 0}
-    assert run_id(base, point) == run_id(ExperimentConfig(), point)
     assert run_id(changed, point) != run_id(base, point)
+    assert run_id(reverted, point) == run_id(base, point)  # the id is a function of the values, not of their history
 
 
 def test_launcher_does_not_change_the_run_id():
@@ -90,7 +91,6 @@ def test_launcher_does_not_change_the_run_id():
     ("defaults:\n  train.steps: many\n", ["s.yaml:2", "train.steps", "expected int"]),
     ("defaults:\n  tokenizer.backend: faiss_gpu\n", ["tokenizer.backend", "choose one of: faiss, torch"]),
     ("defaults:\n  train.batch_size: -4\n", ["s.yaml:2", "train.batch_size", "must be > 0"]),
-    ("defaults:\n  data.name: cifar\n", ["unknown dataset 'cifar'", "fashion_mnist"]),
     ("grid: []\n", ["empty grid"]),
     ("grid:\n  tokenizer.k: []\n", ["non-empty list"]),
     ("include: nowhere.yaml\n", ["s.yaml:1", "included file not found"]),

@@ -27,7 +27,7 @@ def test_objective_lowers_its_loss_on_a_fixed_batch(method):
     images, labels = random_images(16)
     torch.manual_seed(0)
     model = ssl.build_objective(method, TINY, num_classes=10)
-    batch = ssl.split_batch(ssl.make_batch(method, images, labels, TINY, seed=0, step=0), 1)[0]
+    batch = ssl.split_batch(ssl.make_batch(method, images, labels, TINY, seed=0, step=0), [slice(None)])[0]
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     losses = []
     for step in range(8):

@@ -40,6 +40,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
 from digit_bench.errors import UserError
+from digit_bench.training import seeded_init
 from digit_bench.models.classifier import Classifier, evaluate_accuracy, load_classifier
 from digit_bench.weights import load_weights, tensor_buffer
 
@@ -178,8 +179,7 @@ def random_inception_extractor(path: Path, seed: int = 0) -> Extractor:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({}, path)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_init(seed):
         model = _RandomInit("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
         # BatchNorm statistics from one batch of noise images: without them the random features collapse to ~0
         for m in model.modules():

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from digit_bench.config import TrainConfig
-from digit_bench.training import fit, load_checkpoint, save_checkpoint
+from digit_bench.training import fit, load_checkpoint, save_checkpoint, seeded_init, shard, step_rng
 
 PAD = 4  # random-crop padding in pixels
 
@@ -94,16 +94,14 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, cfg: TrainConfig, w
     """
     work_dir = Path(work_dir)
     targets = torch.as_tensor(np.asarray(labels), dtype=torch.long)  # (N,)
-    with torch.random.fork_rng():  # seeded init without touching the caller's global RNG
-        torch.manual_seed(seed)
+    with seeded_init(seed):
         model = Classifier(num_classes, width, image_size=images.shape[1])
 
     def batch_fn(step: int, rank: int, world_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        rng = np.random.default_rng([seed, step])
-        idx = torch.from_numpy(rng.integers(0, len(images), cfg.batch_size))[rank::world_size]  # (B / world,)
-        x = augment(torch.from_numpy(np.ascontiguousarray(images[idx.numpy()])), rng)  # (B / world, 3, H, W) uint8
-        accum = cfg.accumulation(world_size)[1]
-        return list(zip(x.chunk(accum), targets[idx].chunk(accum)))
+        rng = step_rng(seed, step)
+        idx = torch.from_numpy(rng.integers(0, len(images), cfg.batch_size))  # (B,) the whole global batch
+        x = augment(torch.from_numpy(np.ascontiguousarray(images[idx.numpy()])), rng)  # (B, 3, H, W) uint8
+        return [(x[s], targets[idx[s]]) for s in shard(cfg.batch_size, cfg.accumulation(world_size)[1], rank, world_size)]
 
     def loss_fn(m: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[dict, dict]:
         x, y = batch  # (B, 3, H, W) uint8, (B,)

@@ -61,8 +61,8 @@ from tqdm import tqdm
 
 from digit_bench.config import LDMConfig
 from digit_bench.errors import UserError
-from digit_bench.registry import did_you_mean
-from digit_bench.training import fit, load_checkpoint
+from digit_bench.registry import SCHEDULERS, did_you_mean
+from digit_bench.training import fit, load_checkpoint, seeded_init, shard, step_seed
 
 SD_VAE_HINT = ("download stabilityai/sd-vae-ft-ema on a machine with internet (`hf download "
                "stabilityai/sd-vae-ft-ema --local-dir <folder>`: config.json + diffusion_pytorch_model.safetensors), "
@@ -89,21 +89,6 @@ def to_uint8(x: Tensor) -> Tensor:
     """float (B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3) on the CPU."""
     x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.permute(0, 2, 3, 1).cpu()  # (B, H, W, 3)
-
-
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """The CPU generator of one training step: a pure function of (seed, step), which makes resume exact."""
-    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
-
-
-def rank_slices(batch_size: int, grad_accum: int, rank: int, world_size: int) -> list[slice]:
-    """The micro-batches of one rank, as slices of the step's global batch."""
-    per_micro = batch_size // (world_size * grad_accum)
-    if per_micro * world_size * grad_accum != batch_size:
-        raise UserError(f"train.batch_size {batch_size} must divide by world size x grad_accum "
-                        f"({world_size} x {grad_accum}); change train.batch_size or train.micro_batch_size")
-    start = rank * grad_accum * per_micro
-    return [slice(start + i * per_micro, start + (i + 1) * per_micro) for i in range(grad_accum)]
 
 
 # ----------------------------------------------------------------------------------------------------------- VAE
@@ -155,18 +140,17 @@ def train_vae(images: np.ndarray, cfg: LDMConfig, work_dir: Path, seed: int) -> 
     f = 2 ** (len(cfg.vae_channels) - 1)
     if height % f or width % f:
         raise UserError(f"image size {height}x{width} must divide by the VAE factor f={f}; change ldm.vae_channels")
-    with torch.random.fork_rng():  # diffusers initialises from the global RNG: seed it, then restore it
-        torch.manual_seed(seed)
+    with seeded_init(seed):  # diffusers initialises from the global RNG
         vae = build_vae(cfg)
     train = cfg.vae_train
     latent_shape = (cfg.latent_channels, height // f, width // f)
 
     def batch_fn(step: int, rank: int, world_size: int) -> list[tuple[Tensor, Tensor]]:
-        gen = step_generator(seed, step)
+        gen = torch.Generator().manual_seed(step_seed(seed, step))
         idx = torch.randint(0, n, (train.batch_size,), generator=gen).numpy()  # (B,) with replacement
         eps = torch.randn((train.batch_size, *latent_shape), generator=gen)  # (B, C, h, w)
         x = torch.from_numpy(images[idx])  # (B, H, W, 3)
-        return [(x[s], eps[s]) for s in rank_slices(train.batch_size, train.accumulation(world_size)[1], rank, world_size)]
+        return [(x[s], eps[s]) for s in shard(train.batch_size, train.accumulation(world_size)[1], rank, world_size)]
 
     loss_fn = functools.partial(vae_loss, kl_weight=cfg.kl_weight)
     stats = fit(vae, loss_fn, batch_fn, train, work_dir, seed=seed, desc="vae")
@@ -282,20 +266,19 @@ def train_ldm(latents: np.ndarray, labels: np.ndarray, cfg: LDMConfig, work_dir:
         (the denoiser in eval mode with the EMA weights when cfg.train.ema > 0, fit's stats plus `params`).
     """
     n, channels, size, _ = latents.shape
-    with torch.random.fork_rng():  # diffusers initialises from the global RNG: seed it, then restore it
-        torch.manual_seed(seed)
+    with seeded_init(seed):  # diffusers initialises from the global RNG
         model = build_denoiser(cfg, num_classes, channels, size)
     train = cfg.train
 
     def batch_fn(step: int, rank: int, world_size: int) -> list[tuple[Tensor, ...]]:
-        gen = step_generator(seed, step)
+        gen = torch.Generator().manual_seed(step_seed(seed, step))
         idx = torch.randint(0, n, (train.batch_size,), generator=gen).numpy()  # (B,) with replacement
         t = torch.randint(0, cfg.num_train_timesteps, (train.batch_size,), generator=gen)  # (B,)
         noise = torch.randn((train.batch_size, channels, size, size), generator=gen)  # (B, C, h, w)
         drop = torch.rand(train.batch_size, generator=gen) < cfg.label_dropout  # (B,)
         y = torch.where(drop, num_classes, torch.from_numpy(labels[idx]).long())  # (B,)
         x0 = torch.from_numpy(latents[idx]).float()  # (B, C, h, w); rows only, so a memmap stays on disk
-        slices = rank_slices(train.batch_size, train.accumulation(world_size)[1], rank, world_size)
+        slices = shard(train.batch_size, train.accumulation(world_size)[1], rank, world_size)
         return [(x0[s], y[s], t[s], noise[s]) for s in slices]
 
     loss_fn = functools.partial(diffusion_loss, scheduler=noise_scheduler(cfg))
@@ -316,13 +299,8 @@ def load_denoiser(ckpt_path: Path, cfg: LDMConfig, num_classes: int, latent_chan
 
 # ------------------------------------------------------------------------------------------------------ sampling
 def sampling_scheduler(cfg: LDMConfig) -> diffusers.SchedulerMixin:
-    """The diffusers scheduler class `cfg.scheduler`, configured from the training schedule, timesteps set."""
-    cls = getattr(diffusers, cfg.scheduler, None)
-    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
-        names = [name for name in dir(diffusers) if name.endswith("Scheduler")]
-        raise UserError(f"ldm.scheduler {cfg.scheduler!r} is not a diffusers scheduler"
-                        f"{did_you_mean(cfg.scheduler, names)}; e.g. DDIMScheduler, DDPMScheduler, "
-                        f"DPMSolverMultistepScheduler, EulerDiscreteScheduler")
+    """The registered diffusers scheduler `cfg.scheduler`, configured from the training schedule, timesteps set."""
+    cls = SCHEDULERS.get(cfg.scheduler, "ldm.scheduler")
     scheduler = cls.from_config(noise_scheduler(cfg).config)
     scheduler.set_timesteps(cfg.num_inference_steps)
     return scheduler

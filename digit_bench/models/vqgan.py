@@ -32,7 +32,7 @@ from torch import Tensor
 from digit_bench.config import VQGANConfig
 from digit_bench.errors import UserError
 from digit_bench.models.gan_loss import AutoencoderGANLoss
-from digit_bench.training import fit, micro_batches, save_checkpoint
+from digit_bench.training import fit, save_checkpoint, seeded_init, shard, step_rng, step_seed
 from digit_bench.weights import load_weights
 
 ARCHS = ("taming", "maskgit")
@@ -390,7 +390,7 @@ def _restart_dead_codes(model: _VQGANTraining, step: int, seed: int, last_step: 
     if dist.is_available() and dist.is_initialized():  # every rank must move the same codes to the same places
         dist.all_reduce(model.usage)
         dist.broadcast(z, src=0)
-    generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
+    generator = torch.Generator().manual_seed(step_seed(seed, step))
     model.restarted += model.vqgan.quantize.restart_dead_codes(z, model.usage, generator)
     model.usage.zero_()
 
@@ -437,16 +437,15 @@ def train_vqgan(images: np.ndarray, cfg: VQGANConfig, work_dir: Path, seed: int,
         raise UserError(f"train_vqgan needs square uint8 RGB images (N, H, H, 3), got {images.dtype} {images.shape}")
     tcfg, resolution = cfg.train, images.shape[1]
     disc_layers = min(3, int(math.log2(resolution / 3)))  # taming's 3 where the patch logits still fit (>= 24 px)
-    with torch.random.fork_rng(devices=[]):  # seeded init that leaves the caller's global generator alone
-        torch.manual_seed(seed)
+    with seeded_init(seed):
         vqgan = VQGAN(cfg, resolution, arch=arch)
         gan = AutoencoderGANLoss(cfg.disc_start, cfg.disc_weight, cfg.perceptual_weight, disc_layers=disc_layers)
         model = _VQGANTraining(vqgan, gan)
 
     def batch_fn(step: int, rank: int, world: int) -> list[tuple[Tensor, int]]:
-        rng = np.random.default_rng([seed, step])
+        rng = step_rng(seed, step)
         idx = rng.choice(len(images), size=tcfg.batch_size, replace=tcfg.batch_size > len(images))  # (B,)
-        return [(torch.from_numpy(images[idx[m]]), step) for m in micro_batches(tcfg, rank, world)]  # (b, H, W, 3)
+        return [(torch.from_numpy(images[idx[m]]), step) for m in shard(tcfg.batch_size, tcfg.accumulation(world)[1], rank, world)]  # (b, H, W, 3)
 
     stats = fit(model, _vqgan_loss, batch_fn, tcfg, work_dir, seed=seed,
                 param_groups={"gen": list(vqgan.parameters()), "disc": list(gan.parameters())},

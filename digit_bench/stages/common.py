@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from digit_bench.artifacts import Artifact
 from digit_bench.config import BackboneConfig, build
+from digit_bench.training import device_for
 
 
 def device() -> torch.device:
-    """CUDA when present (bound to this task's local rank), else CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
+    """This task's device: training.device_for's choice (CUDA of its local rank, else the CPU)."""
+    return device_for()
 
 
 def device_info() -> dict:

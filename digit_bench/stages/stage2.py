@@ -56,7 +56,7 @@ def decoder_arch(s2: Stage2Config, digit: dict, vq: dict) -> dict:
 def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
     from digit_bench.models.gpt import GPT_SIZES
     from digit_bench.models.maskgit import random_mask
-    from digit_bench.training import fit, micro_batches
+    from digit_bench.training import fit, seeded_init, shard, step_rng
 
     s2 = build(Stage2Config, cfg["stage2"])
     if s2.size not in GPT_SIZES:
@@ -71,17 +71,18 @@ def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
     arch = decoder_arch(s2, digit.manifest, vq.manifest)
     save_json(out / "model.json", {"kind": s2.kind, "arch": arch})
     seed, tcfg = cfg["seed"], s2.train
-    torch.manual_seed(seed)
-    model = build_decoder(s2.kind, arch).to(device())
+    with seeded_init(seed):
+        model = build_decoder(s2.kind, arch)
+    model = model.to(device())
     V, N, _ = prefix_all.shape
 
     def batch_fn(step: int, rank: int, world: int):
-        rng = np.random.default_rng([seed, step])
+        rng = step_rng(seed, step)
         idx, view = rng.integers(0, N, tcfg.batch_size), rng.integers(0, V, tcfg.batch_size)  # (B,), (B,)
         mask = random_mask(tcfg.batch_size, target_all.shape[-1], torch.Generator().manual_seed(seed * 1_000_003 + step))
         return [(torch.from_numpy(prefix_all[view[m], idx[m]].astype(np.int64)).to(device()),  # (b, Tp)
                  torch.from_numpy(target_all[view[m], idx[m]].astype(np.int64)).to(device()),  # (b, T)
-                 mask[m].to(device())) for m in micro_batches(tcfg, rank, world)]  # (b, T)
+                 mask[m].to(device())) for m in shard(tcfg.batch_size, tcfg.accumulation(world)[1], rank, world)]  # (b, T)
 
     def loss_fn(m, batch):
         prefix, target, mask = batch

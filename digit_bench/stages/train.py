@@ -27,17 +27,17 @@ def token_batches(tokens: np.ndarray, labels: np.ndarray, tcfg: TrainConfig, see
 
     The global batch of a step is the same whatever the world size and accumulation: 1 rank x batch B, 1 rank x 4
     micro-batches and 2 ranks x 2 micro-batches train on the same sequences (tests/test_training.py)."""
-    from digit_bench.training import micro_batches
+    from digit_bench.training import shard, step_rng
 
     V, N, _ = tokens.shape
 
     def batch_fn(step: int, rank: int, world: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        rng = np.random.default_rng([seed, step])
+        rng = step_rng(seed, step)
         idx = rng.integers(0, N, tcfg.batch_size)  # (B,) the whole global batch, identical on every rank
         view = rng.integers(0, V, tcfg.batch_size)  # (B,)
         dev = device()
         return [(torch.from_numpy(tokens[view[m], idx[m]].astype(np.int64)).to(dev),  # (b, T)
-                 torch.from_numpy(labels[idx[m]]).to(dev)) for m in micro_batches(tcfg, rank, world)]  # (b,)
+                 torch.from_numpy(labels[idx[m]]).to(dev)) for m in shard(tcfg.batch_size, tcfg.accumulation(world)[1], rank, world)]  # (b,)
 
     return batch_fn
 
@@ -46,13 +46,14 @@ def tokens_to_checkpoint(tokens: np.ndarray, labels: np.ndarray, meta: dict, gcf
                          out: Path, seed: int) -> dict:
     """Train a GPT on uint16 tokens (V, N, T); writes ckpt.pt (via training.fit) and model.json."""
     from digit_bench.models.gpt import GPT, gpt_config
-    from digit_bench.training import fit
+    from digit_bench.training import fit, seeded_init
 
     num_classes = meta["num_classes"] if gcfg.class_conditional else 0
     mcfg = gpt_config(gcfg.size, vocab_size=meta["vocab_size"], seq_len=meta["seq_len"], post_ln=gcfg.post_ln,
                       dropout=gcfg.dropout, num_classes=num_classes, label_dropout=gcfg.label_dropout)
-    torch.manual_seed(seed)
-    model = GPT(mcfg).to(device())
+    with seeded_init(seed):
+        model = GPT(mcfg)
+    model = model.to(device())
     save_json(out / "model.json", {"gpt": mcfg.__dict__, **{k: meta[k] for k in ("vocab_size", "seq_len", "grid", "tokenizer", "num_classes")}})
     conditional = num_classes > 0
 
