@@ -159,9 +159,11 @@ EXTRACTORS.add("local", "digit_bench.eval.fidelity:local_extractor", "small clas
 
 # Model sizes: get(name)(...) builds that size (the rows of hyperparameters live beside each architecture).
 GPT_SIZES = Registry("GPT size")  # gpt.size and stage2.size: get(name)(**overrides) -> GPTConfig
-GPT_SIZES.add("gpt-nano", "digit_bench.models.gpt:gpt_config", "2 layers, width 64 (CPU tests)", size="gpt-nano")
-GPT_SIZES.add("gpt-micro", "digit_bench.models.gpt:gpt_config", "4 layers, width 128 (smoke)", size="gpt-micro")
-GPT_SIZES.add("gpt-mini", "digit_bench.models.gpt:gpt_config", "6 layers, width 256 (tiny)", size="gpt-mini")
+GPT_SIZES.add("gpt-nano", "digit_bench.models.gpt:gpt_config", "2 layers, width 64 (tiny and smoke stage 1 and 2)", size="gpt-nano")
+GPT_SIZES.add("gpt-micro", "digit_bench.models.gpt:gpt_config", "4 layers, width 128 (tiny model_scales)", size="gpt-micro")
+GPT_SIZES.add("gpt-mini", "digit_bench.models.gpt:gpt_config", "6 layers, width 256 (tiny model_scales)", size="gpt-mini")
+GPT_SIZES.add("digit-39m", "digit_bench.models.gpt:gpt_config", "10 layers, width 512: Fig. 4a's 39M probe model",
+              size="digit-39m")
 GPT_SIZES.add("digit-b", "digit_bench.models.gpt:gpt_config", "16 layers, width 1024: the paper's DiGIT-base", size="digit-b")
 GPT_SIZES.add("digit-l", "digit_bench.models.gpt:gpt_config", "24 layers, width 1536: the paper's DiGIT-large", size="digit-l")
 DIT_SIZES = Registry("DiT size")  # ldm.dit_size: get(name)(num_classes, latent_channels, latent_size) -> Denoiser
