@@ -63,7 +63,7 @@ CHOICES = ("probe_layer",)  # integer choices: shown as the set of values over s
 FLAGS = ("circular",)  # per-run booleans; a cell is flagged when any of its seeds is
 LEVEL = 0.95
 GENERATOR_NAMES = {"digit": "DiGIT", "vqgan_ar": "VQGAN-AR", "ldm": "LDM"}
-KEY_NAMES = {"tokenizer.k": "K", "gpt.size": "", "backbone.name": "", "stage2.kind": "stage 2", "backbone.layer": "layer",
+KEY_NAMES = {"tokenizer.k": "K", "gpt.size": "", "stage2.size": "stage-2 size", "backbone.name": "", "stage2.kind": "stage 2", "backbone.layer": "layer",
              "ldm.denoiser": "", "tokenizer.seed": "K-Means seed"}
 # Published rows shown in comparison.md (method prefix), and the paper's claims each sweep can test.
 PUBLISHED_METHODS = r"LDM|VQGAN|DiGIT|VQ only"
@@ -479,7 +479,7 @@ def ceiling_table(ceilings: pd.DataFrame, names: list[str], keys: list[str]) -> 
     setting (a decoder's top_p) name it."""
     labels = pd.Series([row_label(r, []) for _, r in ceilings.iterrows()], index=ceilings.index)
     for _, same in ceilings.groupby(labels):
-        differ = [k for k in keys if k in same and k != "generator" and same[k].astype(str).nunique() > 1]
+        differ = [k for k in keys if k in same and k != "generator" and same[k].map(str).nunique() > 1]
         for i, r in same.iterrows():
             labels[i] = row_label(r, []) + "".join(f" · {key_name(k, keys)}={_fmt_key(r[k])}"
                                                    for k in differ if not pd.isna(r[k]))
@@ -613,8 +613,8 @@ def _matched_cells(a: pd.DataFrame, b: pd.DataFrame, keys: list[str], name: str)
     """A's best cell and B's best cell at the same setting of the other swept keys when the two sides share one (a
     prefix length, the class token), so a claim compares like with like; each side's best cell when they share none."""
     shared = [k for k in keys if k not in SIDE_KEYS and k in a and k in b]
-    setting_a = a[shared].astype(str).agg("|".join, axis=1) if shared else pd.Series("", index=a.index)
-    setting_b = b[shared].astype(str).agg("|".join, axis=1) if shared else pd.Series("", index=b.index)
+    setting_a = a[shared].map(str).agg("|".join, axis=1) if shared else pd.Series("", index=a.index)
+    setting_b = b[shared].map(str).agg("|".join, axis=1) if shared else pd.Series("", index=b.index)
     common = set(setting_a) & set(setting_b)
     if not shared or not common:
         return _best_cell(a, name), _best_cell(b, name)
