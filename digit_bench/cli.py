@@ -8,29 +8,13 @@ cause and the fix (`--debug` shows the traceback).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Callable
 
-from digit_bench.errors import UserError
+from digit_bench.errors import UserError, guarded
 
 log = logging.getLogger("digit_bench")
-
-
-def guarded(fn: Callable[[], Any], debug: bool = False) -> int:
-    """Run fn; print its result as one JSON line; UserError -> one line on stderr and exit code 2."""
-    try:
-        result = fn()
-    except UserError as e:
-        if debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if result is not None:
-        print(json.dumps(result, default=str))
-    return 0
 
 
 def cmd_ls(args: argparse.Namespace) -> dict:
@@ -93,7 +77,7 @@ def cmd_run(args: argparse.Namespace) -> dict:
     """Compute one role of every run's DAG (and whatever it needs), in-process."""
     from digit_bench.artifacts import Store, default_root
     from digit_bench.config import load_sweep
-    from digit_bench.pipeline import compute, run_dag
+    from digit_bench.engine.dag import compute, run_dag
 
     sweep = load_sweep(args.yaml, args.profile, args.sets)
     store = Store(args.root or default_root())
@@ -202,7 +186,7 @@ def _repair(store, corrupt: dict) -> tuple[list[str], list[str]]:
     import time
 
     from digit_bench.artifacts import artifact_spec
-    from digit_bench.pipeline import compute_spec
+    from digit_bench.engine.dag import compute_spec
 
     specs, moved = {}, []
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -118,9 +118,9 @@ TOKENIZERS.add("kmeans", "digit_bench.tokenizers.kmeans:fit_kmeans", "DiGIT: K-M
 TOKENIZERS.add("vqgan", "digit_bench.models.vqgan:VQGAN", "VQGAN codes (the reconstructive baseline)")
 
 GENERATORS = Registry("generator")
-GENERATORS.add("digit", "digit_bench.pipeline:run_dag", "DiGIT: GPT on K-Means tokens, then stage 2 to VQGAN tokens, then pixels")
-GENERATORS.add("vqgan_ar", "digit_bench.pipeline:run_dag", "baseline: the same GPT on VQGAN tokens")
-GENERATORS.add("ldm", "digit_bench.pipeline:run_dag", "baseline: latent diffusion (diffusers VAE + denoiser, DDIM)")
+GENERATORS.add("digit", "digit_bench.generators.digit:GENERATOR", "DiGIT: GPT on K-Means tokens, then stage 2 to VQGAN tokens, then pixels")
+GENERATORS.add("vqgan_ar", "digit_bench.generators.vqgan_ar:GENERATOR", "baseline: the same GPT on VQGAN tokens")
+GENERATORS.add("ldm", "digit_bench.generators.ldm:GENERATOR", "baseline: latent diffusion (diffusers VAE + denoiser, DDIM)")
 
 EXTRACTORS = Registry("extractor")
 EXTRACTORS.add("inception", "digit_bench.eval.fidelity:inception_extractor", "torch-fidelity inception-v3-compat (standard FID/IS)")

@@ -100,7 +100,8 @@ def score(images, provenance: dict, cfg, store, label: str) -> tuple[dict, dict]
 
     The bootstrap seed is `cfg.seed`, as for a sweep run's row.
     """
-    from digit_bench.pipeline import compute, evaluate_node, imported_node, set_threads
+    from digit_bench.engine.dag import compute, imported_node, set_threads
+    from digit_bench.generators.common import evaluate_node
     from digit_bench.released import import_images
 
     art = import_images(store, images, label, provenance)
@@ -132,7 +133,8 @@ def export_reference(store, cfg, path: Path) -> None:
     import numpy as np
 
     from digit_bench.eval.fidelity import load_reference
-    from digit_bench.pipeline import compute, reference_node, set_threads
+    from digit_bench.engine.dag import compute, set_threads
+    from digit_bench.generators.common import reference_node
 
     node = reference_node(cfg, cfg.eval.extractor)
     set_threads([node], cfg.threads)

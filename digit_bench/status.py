@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from digit_bench.artifacts import CorruptArtifact, Store
-from digit_bench.pipeline import Node
+from digit_bench.engine.dag import Node
 
 
 def _read(path: Path) -> Optional[dict]:

@@ -31,12 +31,11 @@ from pathlib import Path
 
 from digit_bench.artifacts import Artifact, Store, default_root, runtime_info
 from digit_bench.config import SLUG, LauncherConfig, Sweep, load_sweep, to_dict
-from digit_bench.errors import UserError
-from digit_bench.pipeline import (Node, ancestors, compute_spec, depth, fixed_threads, instrument_seed, run_dag,
-                                  stage_inputs, stage_seeds)
+from digit_bench.errors import UserError, guarded
+from digit_bench.engine.dag import Node, ancestors, compute_spec, depth, fixed_threads, run_dag, stage_inputs
+from digit_bench.generators.common import generator, instrument_seed, stage_seeds
 
 log = logging.getLogger("digit_bench")
-TRAINING_STAGES = {"train", "stage2", "vqgan", "pretrain_ssl", "diffusion", "vae", "classifier"}
 
 
 @dataclass
@@ -116,7 +115,7 @@ def job_threads(cluster: str, launcher: LauncherConfig) -> int:
 def distributed_setup() -> tuple[int, int]:
     """Join the process group when submitit started several tasks for this job (DDP training); (rank, world size).
 
-    Every task sees all the job's GPUs and takes the one of its local rank: that is the device stages.common.device()
+    Every task sees all the job's GPUs and takes the one of its local rank: that is the device loaders.device()
     (cuda:LOCAL_RANK) and training.device_for (the current device) pick. submitit's default of narrowing
     CUDA_VISIBLE_DEVICES to the local rank would leave no cuda:LOCAL_RANK on ranks > 0.
     """
@@ -274,7 +273,7 @@ def _run_wave(nodes: list[Node], store: Store, cluster: str, launcher: LauncherC
         if cluster == "local":  # local_workers jobs at a time; the next starts as soon as one ends
 
             def run(n: Node) -> dict:
-                ex = executor_for(cluster, launcher, folder, n.stage in TRAINING_STAGES)
+                ex = executor_for(cluster, launcher, folder, n.training)
                 job = ex.submit(job_fn, n.spec())
                 record_job(store, n, job, cluster)
                 return _outcome(job)
@@ -284,7 +283,7 @@ def _run_wave(nodes: list[Node], store: Store, cluster: str, launcher: LauncherC
         else:  # one job array per kind (training jobs get all tasks)
             jobs = []
             for training in (False, True):
-                group = [n for n in nodes if (n.stage in TRAINING_STAGES) == training]
+                group = [n for n in nodes if n.training == training]
                 if group:
                     ex = executor_for(cluster, launcher, folder, training)
                     array = ex.map_array(job_fn, [n.spec() for n in group])
@@ -388,7 +387,7 @@ def collect_rows(plan: Plan, store: Store) -> tuple[list[dict], list[dict]]:
             # under seed_scope full every seed has its own ceilings (its own decoders and judge); a ceiling row names
             # the seeds of the stages it depends on: the judge (real images), or the tokenizer and decoders too
             seeds = stage_seeds(run.cfg)
-            own = {"judge"} if role == "real_metrics" else set(seeds) - {"gpt", "sample", "ldm"}
+            own = {"judge"} if role == "real_metrics" else set(seeds) - set(generator(run.cfg).model_seeds)
             ceiling = {"run_id": node.id, "sweep": plan.sweep.name, "profile": plan.sweep.profile,
                        "seed": instrument_seed(run.cfg), **scope,
                        "stage_seeds": json.dumps({k: v for k, v in seeds.items() if k in own}, sort_keys=True)}
@@ -405,7 +404,8 @@ def collect_rows(plan: Plan, store: Store) -> tuple[list[dict], list[dict]]:
             row.update(_read_metrics(store, dag.get(role)))
         row.update(cost_columns(store, {r: n for r, n in dag.items() if not r.startswith(("ceiling", "real"))}))
         # the generator's size as the paper counts it: stage 1 only (the GPT, or the LDM's denoiser)
-        row["params"] = row.get("cost.train.params", row.get("cost.diffusion.params"))
+        model = store.lookup(*dag[generator(run.cfg).model_role].key)
+        row["params"] = model.manifest.get("params") if model else None
         row["config"] = json.dumps(to_dict(run.cfg), sort_keys=True)
         row.update({f"artifacts.{role}": n.id for role, n in dag.items()})
         rows.append(row)
@@ -504,8 +504,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Exit 0 when every run finished, 1 when some failed (listed in the report's failed.md), 2 on a user error (in
     the sweep file, the root, or a stage)."""
-    from digit_bench.cli import guarded
-
     args = build_parser().parse_args(argv)
     _setup_logging()
     summary: dict = {}

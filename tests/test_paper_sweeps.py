@@ -12,7 +12,7 @@ import torch
 
 from digit_bench.config import load_sweep
 from digit_bench.models.gpt import GPT, gpt_config
-from digit_bench.pipeline import run_dag
+from digit_bench.engine.dag import run_dag
 from digit_bench.sweep import main as sweep_main
 
 ABL = Path(__file__).resolve().parents[1] / "ablations"

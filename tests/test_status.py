@@ -14,7 +14,7 @@ import pytest
 from digit_bench import cli, sweep
 from digit_bench.artifacts import Store
 from digit_bench.config import load_sweep
-from digit_bench.pipeline import compute
+from digit_bench.engine.dag import compute
 from digit_bench.status import format_status, sweep_status
 from test_sweep import FAST, FAST_SETS, MICRO, REPO, VQ_ONLY  # tests/ is on sys.path
 

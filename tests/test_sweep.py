@@ -27,7 +27,7 @@ from digit_bench import cli, sweep
 from digit_bench.artifacts import Store
 from digit_bench.config import LauncherConfig, load_sweep
 from digit_bench.errors import UserError
-from digit_bench.pipeline import ancestors
+from digit_bench.engine.dag import ancestors
 
 REPO = Path(__file__).resolve().parents[1]
 MICRO = REPO / "tests" / "data" / "micro.yaml"
@@ -174,7 +174,7 @@ class FakeJob:
 def mixed_wave() -> list:
     """A wave of the micro sweep with training and other stages."""
     plan = sweep.make_plan(load_sweep(MICRO, "smoke", FAST_SETS))
-    return next(w for w in plan.waves if len(w) >= 4 and len({n.stage in sweep.TRAINING_STAGES for n in w}) == 2)
+    return next(w for w in plan.waves if len(w) >= 4 and len({n.training for n in w}) == 2)
 
 
 def test_local_runs_local_workers_jobs_at_a_time(tmp_path, monkeypatch):
@@ -203,7 +203,7 @@ def test_local_runs_local_workers_jobs_at_a_time(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sweep, "executor_for", executor_for)
     assert sweep._run_wave(wave, Store(tmp_path), "local", LauncherConfig(local_workers=2)) == {}
-    assert sorted(submitted) == sorted((n.id, n.stage in sweep.TRAINING_STAGES) for n in wave) and peak[0] == 2
+    assert sorted(submitted) == sorted((n.id, n.training) for n in wave) and peak[0] == 2
 
 
 def test_slurm_submits_one_array_per_kind_and_reads_outcomes(tmp_path, monkeypatch):
@@ -219,7 +219,7 @@ def test_slurm_submits_one_array_per_kind_and_reads_outcomes(tmp_path, monkeypat
 
     monkeypatch.setattr(sweep, "executor_for", executor_for)
     errors = sweep._run_wave(wave, Store(tmp_path), "slurm", LauncherConfig())
-    assert sorted(arrays) == [(kind, sorted(n.id for n in wave if (n.stage in sweep.TRAINING_STAGES) == kind))
+    assert sorted(arrays) == [(kind, sorted(n.id for n in wave if n.training == kind))
                               for kind in (False, True)]
     assert set(errors) == {wave[0].key, wave[1].key}
     assert errors[wave[0].key] == sweep.USER_ERROR + "UserError: bad value; fix it"

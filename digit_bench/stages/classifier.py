@@ -11,9 +11,10 @@ from pathlib import Path
 from digit_bench.artifacts import Artifact
 from digit_bench.config import DataConfig, TrainConfig, build
 from digit_bench.data import load_split
-from digit_bench.stages.common import device_info
+from digit_bench.loaders import device_info
 
-VERSION = 1
+VERSION = 2
+KIND = "train"  # trains a model: a launcher job of tasks_per_node tasks (DDP)
 RESUMABLE = True
 
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from digit_bench.artifacts import Artifact
-from digit_bench.stages.common import device, device_info, save_json
+from digit_bench.loaders import device, device_info, save_json
 
-VERSION = 1
+VERSION = 2
+KIND = "infer"  # one task
 RESUMABLE = False
 
 
@@ -39,5 +40,6 @@ def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
     centroids, stats = features_to_centroids(feats, cfg)
     np.save(out / "centroids.npy", centroids)
     save_json(out / "fit.json", stats)
-    return {"shape": list(centroids.shape), "k": cfg["k"], "points_used": stats.get("points_used", len(centroids)),
+    # backend/spherical: how tokens are assigned to these centroids (the tokenize stage reads them from here)
+    return {"shape": list(centroids.shape), "k": cfg["k"], "backend": cfg["backend"], "spherical": cfg["spherical"], "points_used": stats.get("points_used", len(centroids)),
             **device_info()}

@@ -10,9 +10,10 @@ import numpy as np
 
 from digit_bench.artifacts import Artifact
 from digit_bench.config import LDMConfig, build
-from digit_bench.stages.common import device_info
+from digit_bench.loaders import device_info
 
-VERSION = 1
+VERSION = 2
+KIND = "train"  # trains a model: a launcher job of tasks_per_node tasks (DDP)
 RESUMABLE = True
 
 

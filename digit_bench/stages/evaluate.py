@@ -16,10 +16,10 @@ import numpy as np
 
 from digit_bench.artifacts import Artifact
 from digit_bench.errors import UserError
-from digit_bench.stages.common import device_info, save_json
-from digit_bench.stages.reference import extractor_for
+from digit_bench.loaders import device_info, load_extractor, save_json
 
-VERSION = 2
+VERSION = 3
+KIND = "infer"  # one task
 RESUMABLE = False
 
 
@@ -35,7 +35,7 @@ def samples_to_metrics(images: np.ndarray, cfg: dict, parents: dict[str, Artifac
     for name in cfg["extractors"]:
         ref_art = parents[f"reference_{name}"]
         ref_meta = ref_art.manifest
-        extractor = extractor_for(name, ev["weights"], parents)
+        extractor = load_extractor(name, ev["weights"], parents)
         if ref_meta["kind"] == "npz":
             ref = load_reference(f"npz:{ref_meta['file']}")
             ref_id = f"npz:{ref_meta['file']}#{ref_meta['sha256']}"

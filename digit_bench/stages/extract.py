@@ -15,9 +15,10 @@ import numpy as np
 from digit_bench.artifacts import Artifact
 from digit_bench.config import DataConfig, build
 from digit_bench.data import load_split
-from digit_bench.stages.common import backbone_from, device, device_info, load_json, save_json
+from digit_bench.loaders import device, device_info, load_backbone, load_json, save_json
 
-VERSION = 1
+VERSION = 2
+KIND = "infer"  # one task
 RESUMABLE = True
 CHUNK = 2048  # images between progress records
 
@@ -49,7 +50,7 @@ def images_to_features(backbone, images, index: np.ndarray, out: Path, batch_siz
 def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
     split = load_split(build(DataConfig, cfg["data"]), cfg["features"]["split"])
     index = kept_indices(len(split), cfg["features"]["fraction"], cfg["features"]["seed"])
-    backbone = backbone_from(cfg, parents)
+    backbone = load_backbone(cfg["backbone"], parents)
     feats = images_to_features(backbone, split.images, index, out, cfg["batch_size"])
     np.save(out / "index.npy", index)
     (out / "progress.json").unlink()

@@ -12,10 +12,10 @@ import numpy as np
 from digit_bench.artifacts import Artifact
 from digit_bench.data import to_grey
 from digit_bench.config import LDMConfig, build
-from digit_bench.stages.common import device, device_info
-from digit_bench.stages.vae import load_vae_artifact
+from digit_bench.loaders import device, device_info, load_vae
 
-VERSION = 1
+VERSION = 2
+KIND = "infer"  # one task
 RESUMABLE = False
 
 
@@ -31,7 +31,7 @@ def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
     conditional = cfg["conditional"]
     labels = np.arange(n) % num_classes if conditional else np.full(n, num_classes)
     seeds = cfg["sample_seed"] + np.arange(n)
-    images = sample_ldm(model, load_vae_artifact(parents["vae"]), lat["scaling_factor"], labels, seeds, lcfg, cfg["batch_size"])  # (N, H, W, 3)
+    images = sample_ldm(model, load_vae(parents["vae"]), lat["scaling_factor"], labels, seeds, lcfg, cfg["batch_size"])  # (N, H, W, 3)
     if cfg.get("grey"):
         images = to_grey(images)
     np.savez(out / "images.npz", images=images, labels=labels)

@@ -12,7 +12,8 @@ from digit_bench.artifacts import Artifact
 from digit_bench.config import DataConfig, build
 from digit_bench.data import load_split
 
-VERSION = 1
+VERSION = 2
+KIND = "infer"  # one task
 RESUMABLE = False
 
 

@@ -17,19 +17,11 @@ from digit_bench.artifacts import Artifact
 from digit_bench.config import DataConfig, build
 from digit_bench.data import load_split
 from digit_bench.errors import UserError
-from digit_bench.stages.common import device_info
+from digit_bench.loaders import device_info, load_extractor
 
-VERSION = 1
+VERSION = 2
+KIND = "infer"  # one task
 RESUMABLE = False
-
-
-def extractor_for(name: str, weights: str | None, parents: dict[str, Artifact]):
-    """The resolved extractor; `local` takes its classifier from the `classifier` parent."""
-    from digit_bench.registry import EXTRACTORS
-
-    if name == "local":
-        weights = str(parents["classifier"] / "classifier.pt")
-    return EXTRACTORS.get(name)(weights=weights)
 
 
 def parse_reference(ref: str) -> tuple[str, str, str]:
@@ -48,7 +40,7 @@ def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
     kind, name, split = parse_reference(cfg["reference"])
     if kind == "npz":
         return {"kind": "npz", "file": name, "sha256": file_sha256(Path(name))}
-    extractor = extractor_for(cfg["extractor"], cfg["weights"], parents)
+    extractor = load_extractor(cfg["extractor"], cfg["weights"], parents)
     data = dataclasses.replace(build(DataConfig, cfg["data"]), name=name, num_test=cfg["num_reference"])
     part = load_split(data, split, resize=cfg["resize"])
     n = len(part) if cfg["num_reference"] is None else min(cfg["num_reference"], len(part))

@@ -20,11 +20,10 @@ from tqdm import tqdm
 
 from digit_bench.artifacts import Artifact
 from digit_bench.data import to_grey
-from digit_bench.stages.common import device, device_info
-from digit_bench.stages.stage2 import load_decoder
-from digit_bench.stages.vqgan import load_vqgan
+from digit_bench.loaders import device, device_info, load_decoder, load_vqgan
 
-VERSION = 1
+VERSION = 2
+KIND = "infer"  # one task
 RESUMABLE = False
 
 

@@ -16,9 +16,10 @@ import torch
 from tqdm import tqdm
 
 from digit_bench.artifacts import Artifact
-from digit_bench.stages.common import device, device_info, load_gpt
+from digit_bench.loaders import device, device_info, load_gpt
 
-VERSION = 1
+VERSION = 2
+KIND = "infer"  # one task
 RESUMABLE = False
 
 

@@ -15,30 +15,11 @@ import torch
 
 from digit_bench.artifacts import Artifact
 from digit_bench.config import Stage2Config, build
-from digit_bench.stages.common import device, device_info, load_json, save_json
+from digit_bench.loaders import build_decoder, device, device_info, save_json
 
-VERSION = 1
+VERSION = 2
+KIND = "train"  # trains a model: a launcher job of tasks_per_node tasks (DDP)
 RESUMABLE = True
-
-
-def build_decoder(kind: str, arch: dict):
-    """The stage-2 model of `kind` from its architecture dict (model.json)."""
-    if kind == "ar":
-        from digit_bench.models.gpt import GPT, GPTConfig
-
-        return GPT(GPTConfig(**arch))
-    from digit_bench.models.maskgit import MaskGIT, MaskGITConfig
-
-    return MaskGIT(MaskGITConfig(**arch))
-
-
-def load_decoder(art: Artifact):
-    from digit_bench.training import load_checkpoint
-
-    meta = load_json(art / "model.json")
-    model = build_decoder(meta["kind"], meta["arch"])
-    model.load_state_dict(load_checkpoint(art / "ckpt.pt")["model"])
-    return meta["kind"], model.to(device()).eval()
 
 
 def decoder_arch(s2: Stage2Config, digit: dict, vq: dict) -> dict:

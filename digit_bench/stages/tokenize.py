@@ -18,11 +18,11 @@ from digit_bench.artifacts import Artifact
 from digit_bench.config import DataConfig, build
 from digit_bench.data import load_split
 from digit_bench.errors import UserError
-from digit_bench.stages.common import backbone_from, device, device_info
+from digit_bench.loaders import TOKEN_SPLITS, device, device_info, load_backbone
 
-VERSION = 1
+VERSION = 2
+KIND = "infer"  # one task
 RESUMABLE = False
-SPLITS = ("train", "val", "test")
 
 
 @torch.no_grad()
@@ -65,15 +65,15 @@ def images_to_tokens(backbone, centroids: np.ndarray, images, views: list[str], 
 
 def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
     centroids = np.load(parents["centroids"] / "centroids.npy")  # (K, D)
-    backbone = backbone_from(cfg, parents)
+    backbone = load_backbone(cfg["backbone"], parents)
     if centroids.shape[1] != backbone.embed_dim:
         raise UserError(f"centroids {parents['centroids'].id} are {centroids.shape[1]}-d but backbone "
                         f"{cfg['backbone']['name']} gives {backbone.embed_dim}-d features; use centroids fit on this "
                         f"backbone's features (the released km_8k.npy: dinov2_vitb14_reg4, 768-d)")
     data = build(DataConfig, cfg["data"])
-    backend = parents["centroids"].manifest["config"]["backend"]
+    backend = parents["centroids"].manifest["backend"]
     counts = {}
-    for split in SPLITS:
+    for split in TOKEN_SPLITS:
         part = load_split(data, split)
         images_to_tokens(backbone, centroids, part.images, cfg["views"], cfg["batch_size"], backend=backend,
                          spherical=cfg["spherical"], desc=f"tokens {split}", out=out, split=split)

@@ -16,9 +16,10 @@ import torch
 
 from digit_bench.artifacts import Artifact
 from digit_bench.config import GPTModelConfig, TrainConfig, build
-from digit_bench.stages.common import device, device_info, save_json
+from digit_bench.loaders import device, device_info, save_json
 
-VERSION = 1
+VERSION = 2
+KIND = "train"  # trains a model: a launcher job of tasks_per_node tasks (DDP)
 RESUMABLE = True
 
 

@@ -10,16 +10,11 @@ from pathlib import Path
 from digit_bench.artifacts import Artifact
 from digit_bench.config import DataConfig, LDMConfig, build
 from digit_bench.data import load_split
-from digit_bench.stages.common import device, device_info
+from digit_bench.loaders import device_info
 
-VERSION = 1
+VERSION = 2
+KIND = "train"  # trains a model: a launcher job of tasks_per_node tasks (DDP)
 RESUMABLE = True
-
-
-def load_vae_artifact(art: Artifact):
-    from digit_bench.models.ldm import load_vae
-
-    return load_vae(art / art.manifest["vae_folder"]).to(device())  # an absolute path stays as it is
 
 
 def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:

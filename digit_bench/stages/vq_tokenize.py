@@ -14,11 +14,10 @@ from tqdm import tqdm
 from digit_bench.artifacts import Artifact
 from digit_bench.config import DataConfig, build
 from digit_bench.data import load_split
-from digit_bench.stages.common import device, device_info
-from digit_bench.stages.tokenize import SPLITS
-from digit_bench.stages.vqgan import load_vqgan
+from digit_bench.loaders import TOKEN_SPLITS, device, device_info, load_vqgan
 
-VERSION = 1
+VERSION = 2
+KIND = "infer"  # one task
 RESUMABLE = False
 
 
@@ -50,7 +49,7 @@ def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
     vqgan = load_vqgan(parents["vqgan"])
     data = build(DataConfig, cfg["data"])
     counts = {}
-    for split in SPLITS:
+    for split in TOKEN_SPLITS:
         part = load_split(data, split)
         tokens = images_to_vq_tokens(vqgan, part.images, cfg["views"], desc=f"vq tokens {split}",
                                      path=out / f"tokens_{split}.npy")

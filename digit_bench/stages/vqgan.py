@@ -13,21 +13,12 @@ from pathlib import Path
 from digit_bench.artifacts import Artifact
 from digit_bench.config import DataConfig, VQGANConfig, build
 from digit_bench.data import load_split
-from digit_bench.stages.common import device, device_info, load_json, save_json
+from digit_bench.loaders import device, device_info, save_json
 
-VERSION = 1
+VERSION = 2
+KIND = "train"  # trains a model: a launcher job of tasks_per_node tasks (DDP)
 RESUMABLE = True
 HELD_IMAGES = 256  # val images for reconstruction statistics
-
-
-def load_vqgan(art: Artifact):
-    """The VQGAN of a `vqgan` artifact, in eval mode on the stage device."""
-    from digit_bench.models.vqgan import VQGAN, load_taming_checkpoint
-
-    meta = load_json(art / "vqgan.json")
-    model = VQGAN(build(VQGANConfig, meta["vqgan"]), meta["resolution"], arch=meta["arch"])
-    load_taming_checkpoint(model, meta["weights"] if meta["external"] else art / "vqgan.pt")
-    return model.to(device()).eval()
 
 
 def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:

@@ -24,7 +24,7 @@ import torch
 from digit_bench import sweep
 from digit_bench.artifacts import Store
 from digit_bench.config import load_sweep
-from digit_bench.pipeline import compute
+from digit_bench.engine.dag import compute
 from test_sweep import FAST, FAST_SETS, MICRO, REPO, VQ_ONLY, computed, plan_ids, published  # tests/ is on sys.path
 
 

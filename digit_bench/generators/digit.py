@@ -1,0 +1,85 @@
+"""DiGIT: a GPT on K-Means tokens of a frozen SSL backbone, a stage-2 decoder to VQGAN tokens, the VQGAN's pixels.
+
+Roles: [ssl] features centroids [reseeded_centroids] tokens vqgan vq_tokens gpt samples [probe] tokenizer_metrics
+stage2 images ceiling_images ceiling_metrics metrics real_metrics.
+"""
+
+from __future__ import annotations
+
+from digit_bench.config import ExperimentConfig, to_dict
+from digit_bench.engine.dag import Node, imported_node
+from digit_bench.generators.common import (Generator, data_cfg, evaluate_node, instrument_seed, judged, pixels,
+                                           stage1_nodes, vqgan_nodes)
+
+SSL_BACKBONES = {"dino_tiny": "dino", "mae_tiny": "mae", "sup_tiny": "sup"}  # trained here by the pretrain_ssl stage
+
+
+def backbone_parents(cfg: ExperimentConfig) -> dict[str, Node]:
+    """{"ssl": the pretrain_ssl node} for a backbone trained here, else {} (the backbone loads by name)."""
+    if cfg.backbone.name not in SSL_BACKBONES:
+        return {}
+    return {"ssl": Node("pretrain_ssl", f"{cfg.backbone.name}-{cfg.data.name}",
+                        {"method": SSL_BACKBONES[cfg.backbone.name], "data": data_cfg(cfg), "ssl": to_dict(cfg.ssl),
+                         "seed": cfg.backbone.init_seed})}
+
+
+def backbone_cfg(cfg: ExperimentConfig) -> dict:
+    b = to_dict(cfg.backbone)
+    b.pop("batch_size")  # changes speed, not bytes
+    return b
+
+
+def cluster_node(cfg: ExperimentConfig, features: Node, seed: int) -> Node:
+    tok = to_dict(cfg.tokenizer)
+    return Node("cluster", f"k{cfg.tokenizer.k}-{cfg.tokenizer.backend}-s{seed}",
+                {**{k: tok[k] for k in ("k", "niter", "backend", "spherical", "max_points_per_centroid", "init")},
+                 "seed": seed}, {"features": features})
+
+
+def kmeans_nodes(cfg: ExperimentConfig) -> dict[str, Node]:
+    """Backbone features of a sample of train images, K-Means centroids (fitted, or imported), tokens of every split;
+    with fitted centroids also `reseeded_centroids` (seed + 1 on the same features: the seed-agreement metric)."""
+    bb = backbone_parents(cfg)
+    features = Node("extract", f"{cfg.backbone.name}-L{cfg.backbone.layer}-{cfg.data.name}",
+                    {"data": data_cfg(cfg), "backbone": backbone_cfg(cfg), "features": to_dict(cfg.features),
+                     "batch_size": cfg.backbone.batch_size}, bb)
+    out = {**bb, "features": features}
+    if cfg.tokenizer.centroids:
+        out["centroids"] = imported_node("centroids", cfg.tokenizer.centroids)
+    else:
+        out["centroids"] = cluster_node(cfg, features, cfg.tokenizer.seed)
+        out["reseeded_centroids"] = cluster_node(cfg, features, cfg.tokenizer.seed + 1)
+    out["tokens"] = Node("tokenize", f"{cfg.backbone.name}-k{cfg.tokenizer.k}",
+                         {"data": data_cfg(cfg), "backbone": backbone_cfg(cfg), "views": list(cfg.tokenizer.views),
+                          "spherical": cfg.tokenizer.spherical, "batch_size": cfg.backbone.batch_size},
+                         {"centroids": out["centroids"], **bb})
+    return out
+
+
+def nodes(cfg: ExperimentConfig) -> dict[str, Node]:
+    out = {**vqgan_nodes(cfg), **kmeans_nodes(cfg)}
+    label = f"{cfg.backbone.name}-k{cfg.tokenizer.k}"
+    out.update(stage1_nodes(cfg, out["tokens"], label))
+    reseeded = {"reseeded_centroids": out["reseeded_centroids"]} if "reseeded_centroids" in out else {}
+    out["tokenizer_metrics"] = Node("tokenizer_metrics", label,
+                                    {"stability": to_dict(cfg.stability), "data": data_cfg(cfg),
+                                     "probe": to_dict(cfg.probe), "backbone": backbone_cfg(cfg)},
+                                    {"tokens": out["tokens"], "centroids": out["centroids"], **reseeded,
+                                     **backbone_parents(cfg)})
+    out["stage2"] = Node("stage2", f"{cfg.stage2.kind}-{cfg.stage2.size}-{label}",
+                         {"stage2": to_dict(cfg.stage2), "seed": instrument_seed(cfg)},
+                         {"tokens": out["tokens"], "vq_tokens": out["vq_tokens"]})
+    render = {"stage2": to_dict(cfg.stage2), "sample_seed": cfg.sample.seed, "batch_size": cfg.sample.batch_size,
+              **pixels(cfg)}
+    out["images"] = Node("render", f"digit-{label}-s{cfg.seed}", {**render, "source": "samples"},
+                         {"samples": out["samples"], "stage2": out["stage2"], "vqgan": out["vqgan"]})
+    out["ceiling_images"] = Node("render", f"digit_vq_ceiling-{label}",
+                                 {**render, "source": "ground_truth", "split": cfg.eval.ceiling_split},
+                                 {"tokens": out["tokens"], "stage2": out["stage2"], "vqgan": out["vqgan"]})
+    out["ceiling_metrics"] = evaluate_node(cfg, out["ceiling_images"], f"digit_vq_ceiling-{label}",
+                                           instrument_seed(cfg), cfg.backbone.name)
+    return judged(cfg, out, cfg.backbone.name)
+
+
+GENERATOR = Generator(nodes, seeds=("backbone", "kmeans_images", "kmeans", "vqgan", "stage2", "gpt", "sample", "judge"),
+                      model_seeds=("gpt", "sample"), model_role="gpt")

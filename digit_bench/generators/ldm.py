@@ -1,0 +1,29 @@
+"""Baseline: latent diffusion (a diffusers VAE, a UNet or DiT denoiser on its cached latents, a diffusers sampler).
+
+Roles: vae latents diffusion images metrics real_metrics.
+"""
+
+from __future__ import annotations
+
+from digit_bench.config import ExperimentConfig, to_dict
+from digit_bench.engine.dag import Node
+from digit_bench.generators.common import Generator, data_cfg, instrument_seed, judged, pixels
+
+VAE_FIELDS = ("vae_weights", "latent_channels", "vae_channels", "kl_weight", "vae_train")  # the ldm fields of the VAE
+
+
+def nodes(cfg: ExperimentConfig) -> dict[str, Node]:
+    ldm = to_dict(cfg.ldm)
+    vae = Node("vae", f"vae-{cfg.data.name}{cfg.data.image_size}",
+               {"data": data_cfg(cfg), "ldm": {k: ldm[k] for k in VAE_FIELDS}, "seed": instrument_seed(cfg)})
+    latents = Node("latents", f"latents-{cfg.data.name}", {"data": data_cfg(cfg)}, {"vae": vae})
+    diffusion = Node("diffusion", f"{ldm['denoiser']}-s{cfg.seed}", {"ldm": ldm, "seed": cfg.seed}, {"latents": latents})
+    images = Node("ldm_sample", f"{ldm['denoiser']}-s{cfg.seed}",
+                  {"ldm": ldm, "num_samples": cfg.sample.num_samples, "sample_seed": cfg.sample.seed,
+                   "batch_size": cfg.sample.batch_size, "conditional": cfg.gpt.class_conditional, **pixels(cfg)},
+                  {"diffusion": diffusion, "vae": vae, "latents": latents})
+    return judged(cfg, {"vae": vae, "latents": latents, "diffusion": diffusion, "images": images}, "ldm")
+
+
+GENERATOR = Generator(nodes, seeds=("vae", "ldm", "sample", "judge"), model_seeds=("ldm", "sample"),
+                      model_role="diffusion")
