@@ -32,7 +32,8 @@ from pathlib import Path
 from digit_bench.artifacts import Artifact, Store, default_root, runtime_info
 from digit_bench.config import SLUG, LauncherConfig, Sweep, load_sweep, to_dict
 from digit_bench.errors import UserError, guarded
-from digit_bench.engine.dag import Node, ancestors, compute_spec, depth, fixed_threads, run_dag, stage_inputs
+from digit_bench.engine.dag import (Node, ancestors, compute_spec, depth, fixed_threads, published_speed, run_dag,
+                                    stage_cfg, stage_inputs)
 from digit_bench.generators.common import generator, instrument_seed, stage_seeds
 
 log = logging.getLogger("digit_bench")
@@ -167,7 +168,8 @@ def compute_distributed(store: Store, spec: dict, rank: int) -> Artifact:
             announced.append(work)
             _share(str(work))
             with fixed_threads(spec["cfg"].get("threads", 1)):
-                extras = {**module.compute(spec["cfg"], parents, work), "runtime": runtime_info()}
+                extras = {**module.compute(stage_cfg(spec), parents, work), "runtime": runtime_info(),
+                          **published_speed(spec)}
             dist.barrier()
             return extras
 
@@ -188,7 +190,7 @@ def compute_distributed(store: Store, spec: dict, rank: int) -> Artifact:
     (scratch / "ckpt.pt").symlink_to(Path(work) / "ckpt.pt")
     try:
         with fixed_threads(spec["cfg"].get("threads", 1)):
-            module.compute(spec["cfg"], parents, scratch)
+            module.compute(stage_cfg(spec), parents, scratch)
     finally:
         shutil.rmtree(scratch)
     dist.barrier()

@@ -34,12 +34,13 @@ from digit_bench.config import ExperimentConfig
 
 @dataclass(eq=False)
 class Node:
-    """One artifact to compute: stage module + stage config + parents."""
+    """One artifact to compute: stage module + stage config + parents (+ speed settings, which the id leaves out)."""
 
     stage: str  # module under digit_bench.stages and directory under the root
     prefix: str  # readable part of the id
-    cfg: dict
+    cfg: dict  # everything that changes the artifact's bytes: hashed into the id
     parents: dict[str, "Node"] = field(default_factory=dict)
+    speed: dict = field(default_factory=dict)  # what changes only speed (inference batch sizes): not hashed
 
     @property
     def module(self) -> ModuleType:
@@ -60,7 +61,7 @@ class Node:
 
     def spec(self) -> dict:
         """A picklable description (for submitit jobs): everything needed to compute it from published parents."""
-        return {"stage": self.stage, "id": self.id, "cfg": self.cfg,
+        return {"stage": self.stage, "id": self.id, "cfg": self.cfg, "speed": self.speed,
                 "parents": {role: [p.stage, p.id] for role, p in self.parents.items()}}
 
 
@@ -113,13 +114,23 @@ def fixed_threads(n: int):
         torch.set_num_threads(before)
 
 
+def stage_cfg(spec: dict) -> dict:
+    """What the stage's compute() reads: its hashed config and its speed settings, in one dict."""
+    return {**spec["cfg"], **spec.get("speed", {})}
+
+
+def published_speed(spec: dict) -> dict:
+    """Manifest fields of the speed settings an artifact was computed with (a repair reruns it with them)."""
+    return {"speed": spec["speed"]} if spec.get("speed") else {}
+
+
 def compute_spec(store: Store, spec: dict, log=print) -> Artifact:
     """Compute (or reuse) the node described by `spec`, at its thread count; its parents must be published."""
     module, parents = stage_inputs(store, spec)
 
     def run(out):
         with fixed_threads(spec["cfg"].get("threads", 1)):
-            return {**module.compute(spec["cfg"], parents, out), "runtime": runtime_info()}
+            return {**module.compute(stage_cfg(spec), parents, out), "runtime": runtime_info(), **published_speed(spec)}
 
     return store.lookup_or_compute(spec["stage"], spec["id"], spec["cfg"], parents, run, resumable=module.RESUMABLE,
                                    log=log)

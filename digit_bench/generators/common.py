@@ -162,8 +162,9 @@ def stage1_nodes(cfg: ExperimentConfig, tokens: Node, label: str) -> dict[str, N
                     "seed": cfg.seed}, {"tokens": tokens})
     # prefix_len > 0: every sample continues the first prefix_len tokens of a val image's sequence (paper Fig. 4b)
     prompts = {"prompts": tokens} if cfg.sample.prefix_len else {}
-    samples = Node("sample", f"{cfg.gpt.size}-{label}-s{cfg.seed}",
-                   {"sample": unless_default(to_dict(cfg.sample), prefix_len=0)}, {"gpt": gpt, **prompts})
+    sample = unless_default(to_dict(cfg.sample), prefix_len=0)
+    speed = {"batch_size": sample.pop("batch_size")}  # sample i's seed is sample.seed + i: batching changes no byte
+    samples = Node("sample", f"{cfg.gpt.size}-{label}-s{cfg.seed}", {"sample": sample}, {"gpt": gpt, **prompts}, speed)
     out = {"gpt": gpt, "samples": samples}
     if cfg.probe.enabled:
         out["probe"] = Node("probe", f"{cfg.gpt.size}-{label}-s{cfg.seed}", {"probe": to_dict(cfg.probe), "seed": cfg.seed},

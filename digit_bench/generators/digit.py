@@ -12,6 +12,7 @@ from digit_bench.generators.common import (Generator, data_cfg, evaluate_node, i
                                            stage1_nodes, vqgan_nodes)
 
 SSL_BACKBONES = {"dino_tiny": "dino", "mae_tiny": "mae", "sup_tiny": "sup"}  # trained here by the pretrain_ssl stage
+DECODING = ("top_p", "temperature", "maskgit_steps", "choice_temperature")  # stage2 fields the render stage reads
 
 
 def backbone_parents(cfg: ExperimentConfig) -> dict[str, Node]:
@@ -25,8 +26,17 @@ def backbone_parents(cfg: ExperimentConfig) -> dict[str, Node]:
 
 def backbone_cfg(cfg: ExperimentConfig) -> dict:
     b = to_dict(cfg.backbone)
-    b.pop("batch_size")  # changes speed, not bytes
+    b.pop("batch_size")  # changes speed, not bytes (extract and tokenize get it as a speed setting)
     return b
+
+
+def decoding(cfg: ExperimentConfig) -> dict:
+    """The stage-2 settings that only decoding reads: they key the rendered images, never the trained decoder."""
+    return {k: v for k, v in to_dict(cfg.stage2).items() if k in DECODING}
+
+
+def decoder_cfg(cfg: ExperimentConfig) -> dict:
+    return {k: v for k, v in to_dict(cfg.stage2).items() if k not in DECODING}
 
 
 def cluster_node(cfg: ExperimentConfig, features: Node, seed: int) -> Node:
@@ -41,8 +51,8 @@ def kmeans_nodes(cfg: ExperimentConfig) -> dict[str, Node]:
     with fitted centroids also `reseeded_centroids` (seed + 1 on the same features: the seed-agreement metric)."""
     bb = backbone_parents(cfg)
     features = Node("extract", f"{cfg.backbone.name}-L{cfg.backbone.layer}-{cfg.data.name}",
-                    {"data": data_cfg(cfg), "backbone": backbone_cfg(cfg), "features": to_dict(cfg.features),
-                     "batch_size": cfg.backbone.batch_size}, bb)
+                    {"data": data_cfg(cfg), "backbone": backbone_cfg(cfg), "features": to_dict(cfg.features)}, bb,
+                    speed={"batch_size": cfg.backbone.batch_size})
     out = {**bb, "features": features}
     if cfg.tokenizer.centroids:
         out["centroids"] = imported_node("centroids", cfg.tokenizer.centroids)
@@ -51,8 +61,8 @@ def kmeans_nodes(cfg: ExperimentConfig) -> dict[str, Node]:
         out["reseeded_centroids"] = cluster_node(cfg, features, cfg.tokenizer.seed + 1)
     out["tokens"] = Node("tokenize", f"{cfg.backbone.name}-k{cfg.tokenizer.k}",
                          {"data": data_cfg(cfg), "backbone": backbone_cfg(cfg), "views": list(cfg.tokenizer.views),
-                          "spherical": cfg.tokenizer.spherical, "batch_size": cfg.backbone.batch_size},
-                         {"centroids": out["centroids"], **bb})
+                          "spherical": cfg.tokenizer.spherical},
+                         {"centroids": out["centroids"], **bb}, speed={"batch_size": cfg.backbone.batch_size})
     return out
 
 
@@ -67,15 +77,14 @@ def nodes(cfg: ExperimentConfig) -> dict[str, Node]:
                                     {"tokens": out["tokens"], "centroids": out["centroids"], **reseeded,
                                      **backbone_parents(cfg)})
     out["stage2"] = Node("stage2", f"{cfg.stage2.kind}-{cfg.stage2.size}-{label}",
-                         {"stage2": to_dict(cfg.stage2), "seed": instrument_seed(cfg)},
+                         {"stage2": decoder_cfg(cfg), "seed": instrument_seed(cfg)},
                          {"tokens": out["tokens"], "vq_tokens": out["vq_tokens"]})
-    render = {"stage2": to_dict(cfg.stage2), "sample_seed": cfg.sample.seed, "batch_size": cfg.sample.batch_size,
-              **pixels(cfg)}
+    render, speed = {"stage2": decoding(cfg), "sample_seed": cfg.sample.seed, **pixels(cfg)}, {"batch_size": cfg.sample.batch_size}
     out["images"] = Node("render", f"digit-{label}-s{cfg.seed}", {**render, "source": "samples"},
-                         {"samples": out["samples"], "stage2": out["stage2"], "vqgan": out["vqgan"]})
+                         {"samples": out["samples"], "stage2": out["stage2"], "vqgan": out["vqgan"]}, speed)
     out["ceiling_images"] = Node("render", f"digit_vq_ceiling-{label}",
                                  {**render, "source": "ground_truth", "split": cfg.eval.ceiling_split},
-                                 {"tokens": out["tokens"], "stage2": out["stage2"], "vqgan": out["vqgan"]})
+                                 {"tokens": out["tokens"], "stage2": out["stage2"], "vqgan": out["vqgan"]}, speed)
     out["ceiling_metrics"] = evaluate_node(cfg, out["ceiling_images"], f"digit_vq_ceiling-{label}",
                                            instrument_seed(cfg), cfg.backbone.name)
     return judged(cfg, out, cfg.backbone.name)

@@ -20,8 +20,8 @@ def nodes(cfg: ExperimentConfig) -> dict[str, Node]:
     diffusion = Node("diffusion", f"{ldm['denoiser']}-s{cfg.seed}", {"ldm": ldm, "seed": cfg.seed}, {"latents": latents})
     images = Node("ldm_sample", f"{ldm['denoiser']}-s{cfg.seed}",
                   {"ldm": ldm, "num_samples": cfg.sample.num_samples, "sample_seed": cfg.sample.seed,
-                   "batch_size": cfg.sample.batch_size, "conditional": cfg.gpt.class_conditional, **pixels(cfg)},
-                  {"diffusion": diffusion, "vae": vae, "latents": latents})
+                   "conditional": cfg.gpt.class_conditional, **pixels(cfg)},
+                  {"diffusion": diffusion, "vae": vae, "latents": latents}, {"batch_size": cfg.sample.batch_size})
     return judged(cfg, {"vae": vae, "latents": latents, "diffusion": diffusion, "images": images}, "ldm")
 
 

@@ -20,12 +20,12 @@ def nodes(cfg: ExperimentConfig) -> dict[str, Node]:
                                     {"stability": to_dict(cfg.stability), "data": data_cfg(cfg),
                                      "probe": to_dict(cfg.probe)},
                                     {"tokens": out["vq_tokens"], "vqgan": out["vqgan"]})
-    out["images"] = Node("render", f"vqgan_ar-s{cfg.seed}",
-                         {"source": "samples", "batch_size": cfg.sample.batch_size, **pixels(cfg)},
-                         {"samples": out["samples"], "vqgan": out["vqgan"]})
-    out["ceiling_images"] = Node("render", "vq_recon", {"source": "reconstruction", "batch_size": cfg.sample.batch_size,
-                                                        "split": cfg.eval.ceiling_split, **pixels(cfg)},
-                                 {"vqgan": out["vqgan"], "tokens": out["vq_tokens"]})
+    speed = {"batch_size": cfg.sample.batch_size}
+    out["images"] = Node("render", f"vqgan_ar-s{cfg.seed}", {"source": "samples", **pixels(cfg)},
+                         {"samples": out["samples"], "vqgan": out["vqgan"]}, speed)
+    out["ceiling_images"] = Node("render", "vq_recon",
+                                 {"source": "reconstruction", "split": cfg.eval.ceiling_split, **pixels(cfg)},
+                                 {"vqgan": out["vqgan"], "tokens": out["vq_tokens"]}, speed)
     out["ceiling_metrics"] = evaluate_node(cfg, out["ceiling_images"], "vq_only", instrument_seed(cfg), "vqgan")
     return judged(cfg, out, "vqgan_ar")
 

@@ -57,8 +57,8 @@ def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
     if "prompts" in parents:  # view 0 (identity) of the val split: held out from training and from the FD reference
         prompts = (np.load(parents["prompts"] / "tokens_val.npy", mmap_mode="r")[0],  # (M, T)
                    np.load(parents["prompts"] / "labels_val.npy"))  # (M,)
-    tokens, labels = checkpoint_to_samples(model, cfg["sample"]["num_samples"], cfg["sample"], meta["num_classes"],
-                                           prompts)
+    settings = {**cfg["sample"], "batch_size": cfg["batch_size"]}  # batch_size: a speed setting, not in the id
+    tokens, labels = checkpoint_to_samples(model, settings["num_samples"], settings, meta["num_classes"], prompts)
     np.save(out / "tokens.npy", tokens)
     np.save(out / "labels.npy", labels)
     return {"shape": list(tokens.shape), "conditional": model.cfg.num_classes > 0, **{k: meta[k] for k in ("vocab_size", "seq_len", "grid", "tokenizer", "num_classes",
