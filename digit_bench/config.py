@@ -262,7 +262,7 @@ class ExperimentConfig:
     # tokenizer, decoders and judge are shared instruments), cheaper but blind to their variance.
     seed_scope: Literal["full", "generator"] = "full"
     threads: int = 1  # CPU threads of every stage; in every artifact id: bit-identical reruns need the same count
-    generator: Literal["digit", "vqgan_ar", "ldm"] = "digit"
+    generator: str = "digit"  # registered generator recipe (`digit-bench ls generators`)
     # backbone name -> weight file, for every grid point at once (a mapping in YAML); used where backbone.weights
     # is unset. Relative files resolve in $DIGIT_BENCH_WEIGHTS, else beside the YAML file that names them.
     weights: tuple[tuple[str, str], ...] = ()
@@ -529,9 +529,10 @@ def check_names(cfg: ExperimentConfig) -> None:
     must agree do; raises UserError naming the choices."""
     from digit_bench.models.gpt import GPT_SIZES
     from digit_bench.models.ldm import DIT_SIZES
-    from digit_bench.registry import BACKBONES, DATASETS, EXTRACTORS
+    from digit_bench.registry import BACKBONES, DATASETS, EXTRACTORS, GENERATORS
 
     _check_choice("profile", cfg.profile, list(PROFILES))
+    GENERATORS.check(cfg.generator)
     DATASETS.check(cfg.data.name)
     BACKBONES.check(cfg.backbone.name)
     EXTRACTORS.check(cfg.eval.extractor)

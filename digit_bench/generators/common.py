@@ -35,13 +35,14 @@ FIXED_SEED = 0  # configured seed of the VQGAN, stage 2, VAE and classifier (off
 class Generator:
     """A registered recipe: its nodes, the stage seeds its rows record, and its stage-1 model.
 
-    seeds: keys of `all_seeds` the run's row records; model_seeds: those of them the run seed re-keys under either
-    scope (a ceiling row, which does not use the generator's model, leaves them out); model_role: the role whose
-    artifact's `params` is the generator's size as the paper counts it (stage 1 only).
+    nodes(cfg): role -> Node of one run (cfg already `scoped`); seeds(cfg): stage name -> the seed it used (rows
+    carry it as `stage_seeds`); model_seeds: those of them the run seed re-keys under either scope (a ceiling row,
+    which does not use the generator's model, leaves them out); model_role: the role whose artifact's `params` is the
+    generator's size as the paper counts it (stage 1 only).
     """
 
     nodes: Callable[[ExperimentConfig], dict[str, Node]]
-    seeds: tuple[str, ...]
+    seeds: Callable[[ExperimentConfig], dict[str, int]]
     model_seeds: tuple[str, ...]
     model_role: str
 
@@ -67,14 +68,6 @@ def instrument_seed(cfg: ExperimentConfig) -> int:
     return FIXED_SEED + (cfg.seed if cfg.seed_scope == "full" else 0)
 
 
-def all_seeds(cfg: ExperimentConfig) -> dict[str, int]:
-    """Every stage seed a run can use, by name (a generator's `seeds` picks its own)."""
-    c, fixed = scoped(cfg), instrument_seed(cfg)
-    return {"backbone": c.backbone.init_seed, "kmeans_images": c.features.seed, "kmeans": c.tokenizer.seed,
-            "vqgan": fixed, "stage2": fixed, "gpt": c.seed, "sample": c.sample.seed, "vae": fixed, "ldm": c.seed,
-            "judge": fixed}
-
-
 def generator(cfg: ExperimentConfig) -> Generator:
     from digit_bench.registry import GENERATORS
 
@@ -83,8 +76,7 @@ def generator(cfg: ExperimentConfig) -> Generator:
 
 def stage_seeds(cfg: ExperimentConfig) -> dict[str, int]:
     """The seed each stochastic stage of the run used (rows carry it as `stage_seeds`, next to `seed_scope`)."""
-    out = all_seeds(cfg)
-    return {k: out[k] for k in generator(cfg).seeds}
+    return generator(cfg).seeds(scoped(cfg))
 
 
 def data_cfg(cfg: ExperimentConfig) -> dict:

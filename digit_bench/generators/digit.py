@@ -90,5 +90,10 @@ def nodes(cfg: ExperimentConfig) -> dict[str, Node]:
     return judged(cfg, out, cfg.backbone.name)
 
 
-GENERATOR = Generator(nodes, seeds=("backbone", "kmeans_images", "kmeans", "vqgan", "stage2", "gpt", "sample", "judge"),
-                      model_seeds=("gpt", "sample"), model_role="gpt")
+def seeds(cfg: ExperimentConfig) -> dict[str, int]:
+    fixed = instrument_seed(cfg)
+    return {"backbone": cfg.backbone.init_seed, "kmeans_images": cfg.features.seed, "kmeans": cfg.tokenizer.seed,
+            "vqgan": fixed, "stage2": fixed, "gpt": cfg.seed, "sample": cfg.sample.seed, "judge": fixed}
+
+
+GENERATOR = Generator(nodes, seeds, model_seeds=("gpt", "sample"), model_role="gpt")

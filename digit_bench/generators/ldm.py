@@ -25,5 +25,9 @@ def nodes(cfg: ExperimentConfig) -> dict[str, Node]:
     return judged(cfg, {"vae": vae, "latents": latents, "diffusion": diffusion, "images": images}, "ldm")
 
 
-GENERATOR = Generator(nodes, seeds=("vae", "ldm", "sample", "judge"), model_seeds=("ldm", "sample"),
-                      model_role="diffusion")
+def seeds(cfg: ExperimentConfig) -> dict[str, int]:
+    fixed = instrument_seed(cfg)
+    return {"vae": fixed, "ldm": cfg.seed, "sample": cfg.sample.seed, "judge": fixed}
+
+
+GENERATOR = Generator(nodes, seeds, model_seeds=("ldm", "sample"), model_role="diffusion")

@@ -30,4 +30,9 @@ def nodes(cfg: ExperimentConfig) -> dict[str, Node]:
     return judged(cfg, out, "vqgan_ar")
 
 
-GENERATOR = Generator(nodes, seeds=("vqgan", "gpt", "sample", "judge"), model_seeds=("gpt", "sample"), model_role="gpt")
+def seeds(cfg: ExperimentConfig) -> dict[str, int]:
+    fixed = instrument_seed(cfg)
+    return {"vqgan": fixed, "gpt": cfg.seed, "sample": cfg.sample.seed, "judge": fixed}
+
+
+GENERATOR = Generator(nodes, seeds, model_seeds=("gpt", "sample"), model_role="gpt")
