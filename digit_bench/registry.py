@@ -121,6 +121,7 @@ GENERATORS = Registry("generator")
 GENERATORS.add("digit", "digit_bench.generators.digit:GENERATOR", "DiGIT: GPT on K-Means tokens, then stage 2 to VQGAN tokens, then pixels")
 GENERATORS.add("vqgan_ar", "digit_bench.generators.vqgan_ar:GENERATOR", "baseline: the same GPT on VQGAN tokens")
 GENERATORS.add("ldm", "digit_bench.generators.ldm:GENERATOR", "baseline: latent diffusion (diffusers VAE + denoiser, DDIM)")
+GENERATORS.add("maskgit_vq", "digit_bench.generators.maskgit_vq:GENERATOR", "baseline: MaskGIT (parallel decoding) on VQGAN tokens")
 
 EXTRACTORS = Registry("extractor")
 EXTRACTORS.add("inception", "digit_bench.eval.fidelity:inception_extractor", "torch-fidelity inception-v3-compat (standard FID/IS)")
