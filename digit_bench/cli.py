@@ -33,7 +33,7 @@ def cmd_ls(args: argparse.Namespace) -> dict:
 def cmd_validate(args: argparse.Namespace) -> dict:
     from digit_bench.artifacts import Store, default_root
     from digit_bench.config import load_sweep
-    from digit_bench.sweep import describe, make_plan
+    from digit_bench.engine.dag import describe, make_plan
 
     from digit_bench.preflight import check_files
 
@@ -97,7 +97,7 @@ def cmd_status(args: argparse.Namespace) -> dict:
     from digit_bench.artifacts import Store, default_root
     from digit_bench.config import load_sweep
     from digit_bench.status import format_status, sweep_status
-    from digit_bench.sweep import make_plan
+    from digit_bench.engine.dag import make_plan
 
     sweep = load_sweep(args.yaml, args.profile, args.sets)
     store = Store(args.root or default_root())
@@ -111,7 +111,7 @@ def cmd_report(args: argparse.Namespace) -> dict | None:
     from digit_bench.artifacts import Store, default_root
     from digit_bench.config import load_sweep
     from digit_bench.report import readme_snippet, report_from_csv, report_from_dir
-    from digit_bench.sweep import rows_dir
+    from digit_bench.engine.rows import rows_dir
 
     done = []
     for target in args.targets:
@@ -321,9 +321,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
-    from digit_bench.sweep import _setup_logging
+    from digit_bench.engine.launch import setup_logging
 
-    _setup_logging()
+    setup_logging()
     return guarded(lambda: args.fn(args), args.debug)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from digit_bench.config import Override, apply_overrides, load_sweep
 from digit_bench.engine.dag import run_dag
 from digit_bench.generators.common import stage_seeds
-from digit_bench.sweep import make_plan
+from digit_bench.engine.dag import make_plan
 
 ABL = Path(__file__).resolve().parents[1] / "ablations"
 

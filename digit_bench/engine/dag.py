@@ -29,7 +29,7 @@ from functools import cached_property
 from types import ModuleType
 
 from digit_bench.artifacts import Artifact, Store, artifact_id, runtime_info
-from digit_bench.config import ExperimentConfig
+from digit_bench.config import ExperimentConfig, Sweep
 
 
 @dataclass(eq=False)
@@ -185,3 +185,40 @@ def set_threads(nodes: list[Node], threads: int) -> None:
         if "threads" not in node.cfg:
             node.cfg["threads"] = threads
             set_threads(list(node.parents.values()), threads)
+
+
+# ------------------------------------------------------------------------------------------------ a sweep's plan
+@dataclass
+class Plan:
+    sweep: Sweep
+    dags: dict[str, dict[str, Node]]  # run_id -> role -> node
+    waves: list[list[Node]]  # unique nodes, parents in earlier waves
+    failed: dict[tuple, str] = field(default_factory=dict)  # node key -> error tail
+
+
+def make_plan(sweep: Sweep) -> Plan:
+    dags = {run.run_id: run_dag(run.cfg) for run in sweep.runs}
+    sinks = [n for dag in dags.values() for role, n in dag.items() if role.endswith("metrics") or role == "probe"]
+    nodes = ancestors(sinks)
+    memo: dict = {}
+    waves: list[list[Node]] = [[] for _ in range(1 + max((depth(n, memo) for n in nodes), default=0))]
+    for n in nodes:
+        waves[depth(n, memo)].append(n)
+    return Plan(sweep, dags, [w for w in waves if w])
+
+
+def describe(plan: Plan, store: Store) -> str:
+    """The plan as text: runs with their artifact ids, then unique artifacts per stage and which exist."""
+    lines = [f"sweep {plan.sweep.name} profile {plan.sweep.profile}: {len(plan.sweep.runs)} runs, "
+             f"{sum(len(w) for w in plan.waves)} unique artifacts in {len(plan.waves)} waves (root {store.root})"]
+    for run in plan.sweep.runs:
+        lines.append(f"run {run.run_id}  " + " ".join(f"{k}={v}" for k, v in run.point.items()))
+        for role, n in plan.dags[run.run_id].items():
+            lines.append(f"    {role:<18} {n.stage}/{n.id}")
+    for i, wave in enumerate(plan.waves):
+        by_stage: dict[str, list[Node]] = {}
+        for n in wave:
+            by_stage.setdefault(n.stage, []).append(n)
+        parts = [f"{s} {sum(store.lookup(s, n.id) is not None for n in ns)}/{len(ns)} done" for s, ns in by_stage.items()]
+        lines.append(f"wave {i}: " + ", ".join(parts))
+    return "\n".join(lines)

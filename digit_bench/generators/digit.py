@@ -8,8 +8,16 @@ from __future__ import annotations
 
 from digit_bench.config import ExperimentConfig, to_dict
 from digit_bench.engine.dag import Node, imported_node
-from digit_bench.generators.common import (Generator, data_cfg, evaluate_node, instrument_seed, judged, pixels,
-                                           stage1_nodes, vqgan_nodes)
+from digit_bench.generators.common import (
+    Generator,
+    data_cfg,
+    evaluate_node,
+    instrument_seed,
+    judged,
+    pixels,
+    stage1_nodes,
+    vqgan_nodes,
+)
 
 SSL_BACKBONES = {"dino_tiny": "dino", "mae_tiny": "mae", "sup_tiny": "sup"}  # trained here by the pretrain_ssl stage
 DECODING = ("top_p", "temperature", "maskgit_steps", "choice_temperature")  # stage2 fields the render stage reads

@@ -8,8 +8,16 @@ from __future__ import annotations
 
 from digit_bench.config import ExperimentConfig, to_dict
 from digit_bench.engine.dag import Node
-from digit_bench.generators.common import (Generator, data_cfg, evaluate_node, instrument_seed, judged, pixels,
-                                           stage1_nodes, vqgan_nodes)
+from digit_bench.generators.common import (
+    Generator,
+    data_cfg,
+    evaluate_node,
+    instrument_seed,
+    judged,
+    pixels,
+    stage1_nodes,
+    vqgan_nodes,
+)
 
 
 def nodes(cfg: ExperimentConfig) -> dict[str, Node]:
