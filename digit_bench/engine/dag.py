@@ -21,26 +21,37 @@ the one thread count its bytes are reproducible at.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import ModuleType
+from typing import Any
 
 from digit_bench.artifacts import Artifact, Store, artifact_id, runtime_info
 from digit_bench.config import ExperimentConfig, Sweep
+from digit_bench.contracts import split_cfg, typed
 
 
 @dataclass(eq=False)
 class Node:
-    """One artifact to compute: stage module + stage config + parents (+ speed settings, which the id leaves out)."""
+    """One artifact to compute: stage module + stage config + parents (+ speed settings, which the id leaves out).
+
+    `cfg` is the stage's typed `Cfg` (its contract: exactly its inputs, speed fields marked SPEED), stored as its
+    JSON form, or that form itself for a stage without a Cfg.
+    """
 
     stage: str  # module under digit_bench.stages and directory under the root
     prefix: str  # readable part of the id
-    cfg: dict  # everything that changes the artifact's bytes: hashed into the id
+    cfg: Any  # everything that changes the artifact's bytes: hashed into the id
     parents: dict[str, "Node"] = field(default_factory=dict)
     speed: dict = field(default_factory=dict)  # what changes only speed (inference batch sizes): not hashed
+
+    def __post_init__(self):
+        if dataclasses.is_dataclass(self.cfg):
+            self.cfg, self.speed = split_cfg(self.cfg)
 
     @property
     def module(self) -> ModuleType:
@@ -114,9 +125,10 @@ def fixed_threads(n: int):
         torch.set_num_threads(before)
 
 
-def stage_cfg(spec: dict) -> dict:
-    """What the stage's compute() reads: its hashed config and its speed settings, in one dict."""
-    return {**spec["cfg"], **spec.get("speed", {})}
+def stage_cfg(module: ModuleType, spec: dict) -> Any:
+    """What the stage's compute() reads: its hashed config and its speed settings, as its typed Cfg when it has one."""
+    d = {**spec["cfg"], **spec.get("speed", {})}
+    return typed(module.Cfg, d) if hasattr(module, "Cfg") else d
 
 
 def published_speed(spec: dict) -> dict:
@@ -130,7 +142,7 @@ def compute_spec(store: Store, spec: dict, log=print) -> Artifact:
 
     def run(out):
         with fixed_threads(spec["cfg"].get("threads", 1)):
-            return {**module.compute(stage_cfg(spec), parents, out), "runtime": runtime_info(), **published_speed(spec)}
+            return {**module.compute(stage_cfg(module, spec), parents, out), "runtime": runtime_info(), **published_speed(spec)}
 
     return store.lookup_or_compute(spec["stage"], spec["id"], spec["cfg"], parents, run, resumable=module.RESUMABLE,
                                    log=log)

@@ -125,7 +125,7 @@ def compute_distributed(store: Store, spec: dict, rank: int) -> Artifact:
             announced.append(work)
             _share(str(work))
             with fixed_threads(spec["cfg"].get("threads", 1)):
-                extras = {**module.compute(stage_cfg(spec), parents, work), "runtime": runtime_info(),
+                extras = {**module.compute(stage_cfg(module, spec), parents, work), "runtime": runtime_info(),
                           **published_speed(spec)}
             dist.barrier()
             return extras
@@ -147,7 +147,7 @@ def compute_distributed(store: Store, spec: dict, rank: int) -> Artifact:
     (scratch / "ckpt.pt").symlink_to(Path(work) / "ckpt.pt")
     try:
         with fixed_threads(spec["cfg"].get("threads", 1)):
-            module.compute(stage_cfg(spec), parents, scratch)
+            module.compute(stage_cfg(module, spec), parents, scratch)
     finally:
         shutil.rmtree(scratch)
     dist.barrier()

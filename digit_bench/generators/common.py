@@ -27,6 +27,7 @@ from typing import Callable
 from digit_bench.config import ExperimentConfig, to_dict
 from digit_bench.data import GREY_DATASETS
 from digit_bench.engine.dag import Node, imported_node
+from digit_bench.stages import classifier, real_images, sample, vq_tokenize
 
 FIXED_SEED = 0  # configured seed of the VQGAN, stage 2, VAE and classifier (offset by the run seed under full scope)
 
@@ -83,17 +84,21 @@ def data_cfg(cfg: ExperimentConfig) -> dict:
     return to_dict(cfg.data)
 
 
-def pixels(cfg: ExperimentConfig) -> dict:
+def grey(cfg: ExperimentConfig) -> bool:
     """What a stage that makes pixels must know of the data set: grey data sets get grey (R=G=B) images."""
-    return {"grey": cfg.data.name in GREY_DATASETS}
+    return cfg.data.name in GREY_DATASETS
+
+
+def pixels(cfg: ExperimentConfig) -> dict:
+    return {"grey": grey(cfg)}
 
 
 # ------------------------------------------------------------------------------------------------ the judge
 def classifier_node(cfg: ExperimentConfig) -> Node:
     """The `local` extractor: trained on the whole train part (train.num_train does not cut it), test images scored."""
-    data = {**data_cfg(cfg), "num_train": None, "num_test": None}
+    data = dataclasses.replace(cfg.data, num_train=None, num_test=None)
     return Node("classifier", f"local-{cfg.data.name}{cfg.data.image_size}",
-                {"data": data, "train": to_dict(cfg.eval.local_train), "seed": instrument_seed(cfg)})
+                classifier.Cfg(data=data, train=cfg.eval.local_train, seed=instrument_seed(cfg)))
 
 
 def reference_node(cfg: ExperimentConfig, extractor: str) -> Node:
@@ -124,7 +129,7 @@ def evaluate_node(cfg: ExperimentConfig, images: Node, label: str, seed: int, to
 
 def real_images_node(cfg: ExperimentConfig) -> Node:
     """Held-out real images (val split), as many as the generator makes: the best any generator can score."""
-    return Node("real_images", f"{cfg.data.name}-val", {"data": data_cfg(cfg), "num_samples": cfg.sample.num_samples})
+    return Node("real_images", f"{cfg.data.name}-val", real_images.Cfg(data=cfg.data, num_samples=cfg.sample.num_samples))
 
 
 def judged(cfg: ExperimentConfig, nodes: dict[str, Node], tokenizer_backbone: str) -> dict[str, Node]:
@@ -139,8 +144,8 @@ def vqgan_nodes(cfg: ExperimentConfig) -> dict[str, Node]:
     """The VQGAN (trained or loaded) and the VQ tokens of every split."""
     vqgan = Node("vqgan", f"vqgan-{cfg.data.name}{cfg.data.image_size}-n{cfg.vqgan.n_embed}",
                  {"data": data_cfg(cfg), "vqgan": to_dict(cfg.vqgan), "seed": instrument_seed(cfg)})
-    vq_tokens = Node("vq_tokenize", f"vq-n{cfg.vqgan.n_embed}",
-                     {"data": data_cfg(cfg), "views": list(cfg.tokenizer.views)}, {"vqgan": vqgan})
+    vq_tokens = Node("vq_tokenize", f"vq-n{cfg.vqgan.n_embed}", vq_tokenize.Cfg(data=cfg.data, views=cfg.tokenizer.views),
+                     {"vqgan": vqgan})
     return {"vqgan": vqgan, "vq_tokens": vq_tokens}
 
 
@@ -154,9 +159,9 @@ def stage1_nodes(cfg: ExperimentConfig, tokens: Node, label: str) -> dict[str, N
                     "seed": cfg.seed}, {"tokens": tokens})
     # prefix_len > 0: every sample continues the first prefix_len tokens of a val image's sequence (paper Fig. 4b)
     prompts = {"prompts": tokens} if cfg.sample.prefix_len else {}
-    sample = unless_default(to_dict(cfg.sample), prefix_len=0)
-    speed = {"batch_size": sample.pop("batch_size")}  # sample i's seed is sample.seed + i: batching changes no byte
-    samples = Node("sample", f"{cfg.gpt.size}-{label}-s{cfg.seed}", {"sample": sample}, {"gpt": gpt, **prompts}, speed)
+    # sample i's seed is sample.seed + i: the batch size changes no byte (a speed setting of sample.Cfg)
+    samples = Node("sample", f"{cfg.gpt.size}-{label}-s{cfg.seed}", sample.Cfg(**dataclasses.asdict(cfg.sample)),
+                   {"gpt": gpt, **prompts})
     out = {"gpt": gpt, "samples": samples}
     if cfg.probe.enabled:
         out["probe"] = Node("probe", f"{cfg.gpt.size}-{label}-s{cfg.seed}", {"probe": to_dict(cfg.probe), "seed": cfg.seed},

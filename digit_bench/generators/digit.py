@@ -8,16 +8,9 @@ from __future__ import annotations
 
 from digit_bench.config import ExperimentConfig, to_dict
 from digit_bench.engine.dag import Node, imported_node
-from digit_bench.generators.common import (
-    Generator,
-    data_cfg,
-    evaluate_node,
-    instrument_seed,
-    judged,
-    pixels,
-    stage1_nodes,
-    vqgan_nodes,
-)
+from digit_bench.generators.common import (Generator, evaluate_node, grey, instrument_seed, judged, stage1_nodes,
+                                           vqgan_nodes)
+from digit_bench.stages import cluster, extract, pretrain_ssl, render, tokenize, tokenizer_metrics
 
 SSL_BACKBONES = {"dino_tiny": "dino", "mae_tiny": "mae", "sup_tiny": "sup"}  # trained here by the pretrain_ssl stage
 DECODING = ("top_p", "temperature", "maskgit_steps", "choice_temperature")  # stage2 fields the render stage reads
@@ -28,8 +21,8 @@ def backbone_parents(cfg: ExperimentConfig) -> dict[str, Node]:
     if cfg.backbone.name not in SSL_BACKBONES:
         return {}
     return {"ssl": Node("pretrain_ssl", f"{cfg.backbone.name}-{cfg.data.name}",
-                        {"method": SSL_BACKBONES[cfg.backbone.name], "data": data_cfg(cfg), "ssl": to_dict(cfg.ssl),
-                         "seed": cfg.backbone.init_seed})}
+                        pretrain_ssl.Cfg(method=SSL_BACKBONES[cfg.backbone.name], data=cfg.data, ssl=cfg.ssl,
+                                         seed=cfg.backbone.init_seed))}
 
 
 def backbone_cfg(cfg: ExperimentConfig) -> dict:
@@ -48,10 +41,11 @@ def decoder_cfg(cfg: ExperimentConfig) -> dict:
 
 
 def cluster_node(cfg: ExperimentConfig, features: Node, seed: int) -> Node:
-    tok = to_dict(cfg.tokenizer)
-    return Node("cluster", f"k{cfg.tokenizer.k}-{cfg.tokenizer.backend}-s{seed}",
-                {**{k: tok[k] for k in ("k", "niter", "backend", "spherical", "max_points_per_centroid", "init")},
-                 "seed": seed}, {"features": features})
+    t = cfg.tokenizer
+    return Node("cluster", f"k{t.k}-{t.backend}-s{seed}",
+                cluster.Cfg(k=t.k, niter=t.niter, backend=t.backend, spherical=t.spherical,
+                            max_points_per_centroid=t.max_points_per_centroid, init=t.init, seed=seed),
+                {"features": features})
 
 
 def kmeans_nodes(cfg: ExperimentConfig) -> dict[str, Node]:
@@ -59,8 +53,8 @@ def kmeans_nodes(cfg: ExperimentConfig) -> dict[str, Node]:
     with fitted centroids also `reseeded_centroids` (seed + 1 on the same features: the seed-agreement metric)."""
     bb = backbone_parents(cfg)
     features = Node("extract", f"{cfg.backbone.name}-L{cfg.backbone.layer}-{cfg.data.name}",
-                    {"data": data_cfg(cfg), "backbone": backbone_cfg(cfg), "features": to_dict(cfg.features)}, bb,
-                    speed={"batch_size": cfg.backbone.batch_size})
+                    extract.Cfg(data=cfg.data, backbone=backbone_cfg(cfg), features=cfg.features,
+                                batch_size=cfg.backbone.batch_size), bb)
     out = {**bb, "features": features}
     if cfg.tokenizer.centroids:
         out["centroids"] = imported_node("centroids", cfg.tokenizer.centroids)
@@ -68,9 +62,9 @@ def kmeans_nodes(cfg: ExperimentConfig) -> dict[str, Node]:
         out["centroids"] = cluster_node(cfg, features, cfg.tokenizer.seed)
         out["reseeded_centroids"] = cluster_node(cfg, features, cfg.tokenizer.seed + 1)
     out["tokens"] = Node("tokenize", f"{cfg.backbone.name}-k{cfg.tokenizer.k}",
-                         {"data": data_cfg(cfg), "backbone": backbone_cfg(cfg), "views": list(cfg.tokenizer.views),
-                          "spherical": cfg.tokenizer.spherical},
-                         {"centroids": out["centroids"], **bb}, speed={"batch_size": cfg.backbone.batch_size})
+                         tokenize.Cfg(data=cfg.data, backbone=backbone_cfg(cfg), views=cfg.tokenizer.views,
+                                      spherical=cfg.tokenizer.spherical, batch_size=cfg.backbone.batch_size),
+                         {"centroids": out["centroids"], **bb})
     return out
 
 
@@ -80,19 +74,19 @@ def nodes(cfg: ExperimentConfig) -> dict[str, Node]:
     out.update(stage1_nodes(cfg, out["tokens"], label))
     reseeded = {"reseeded_centroids": out["reseeded_centroids"]} if "reseeded_centroids" in out else {}
     out["tokenizer_metrics"] = Node("tokenizer_metrics", label,
-                                    {"stability": to_dict(cfg.stability), "data": data_cfg(cfg),
-                                     "probe": to_dict(cfg.probe), "backbone": backbone_cfg(cfg)},
+                                    tokenizer_metrics.Cfg(stability=cfg.stability, data=cfg.data, probe=cfg.probe,
+                                                          backbone=backbone_cfg(cfg)),
                                     {"tokens": out["tokens"], "centroids": out["centroids"], **reseeded,
                                      **backbone_parents(cfg)})
     out["stage2"] = Node("stage2", f"{cfg.stage2.kind}-{cfg.stage2.size}-{label}",
                          {"stage2": decoder_cfg(cfg), "seed": instrument_seed(cfg)},
                          {"tokens": out["tokens"], "vq_tokens": out["vq_tokens"]})
-    render, speed = {"stage2": decoding(cfg), "sample_seed": cfg.sample.seed, **pixels(cfg)}, {"batch_size": cfg.sample.batch_size}
-    out["images"] = Node("render", f"digit-{label}-s{cfg.seed}", {**render, "source": "samples"},
-                         {"samples": out["samples"], "stage2": out["stage2"], "vqgan": out["vqgan"]}, speed)
+    decode = dict(grey=grey(cfg), stage2=decoding(cfg), sample_seed=cfg.sample.seed, batch_size=cfg.sample.batch_size)
+    out["images"] = Node("render", f"digit-{label}-s{cfg.seed}", render.Cfg(source="samples", **decode),
+                         {"samples": out["samples"], "stage2": out["stage2"], "vqgan": out["vqgan"]})
     out["ceiling_images"] = Node("render", f"digit_vq_ceiling-{label}",
-                                 {**render, "source": "ground_truth", "split": cfg.eval.ceiling_split},
-                                 {"tokens": out["tokens"], "stage2": out["stage2"], "vqgan": out["vqgan"]}, speed)
+                                 render.Cfg(source="ground_truth", split=cfg.eval.ceiling_split, **decode),
+                                 {"tokens": out["tokens"], "stage2": out["stage2"], "vqgan": out["vqgan"]})
     out["ceiling_metrics"] = evaluate_node(cfg, out["ceiling_images"], f"digit_vq_ceiling-{label}",
                                            instrument_seed(cfg), cfg.backbone.name)
     return judged(cfg, out, cfg.backbone.name)

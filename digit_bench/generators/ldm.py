@@ -8,6 +8,8 @@ from __future__ import annotations
 from digit_bench.config import ExperimentConfig, to_dict
 from digit_bench.engine.dag import Node
 from digit_bench.generators.common import Generator, data_cfg, instrument_seed, judged, pixels
+from digit_bench.stages import diffusion as diffusion_stage
+from digit_bench.stages import latents as latents_stage
 
 VAE_FIELDS = ("vae_weights", "latent_channels", "vae_channels", "kl_weight", "vae_train")  # the ldm fields of the VAE
 
@@ -16,8 +18,9 @@ def nodes(cfg: ExperimentConfig) -> dict[str, Node]:
     ldm = to_dict(cfg.ldm)
     vae = Node("vae", f"vae-{cfg.data.name}{cfg.data.image_size}",
                {"data": data_cfg(cfg), "ldm": {k: ldm[k] for k in VAE_FIELDS}, "seed": instrument_seed(cfg)})
-    latents = Node("latents", f"latents-{cfg.data.name}", {"data": data_cfg(cfg)}, {"vae": vae})
-    diffusion = Node("diffusion", f"{ldm['denoiser']}-s{cfg.seed}", {"ldm": ldm, "seed": cfg.seed}, {"latents": latents})
+    latents = Node("latents", f"latents-{cfg.data.name}", latents_stage.Cfg(data=cfg.data), {"vae": vae})
+    diffusion = Node("diffusion", f"{ldm['denoiser']}-s{cfg.seed}", diffusion_stage.Cfg(ldm=cfg.ldm, seed=cfg.seed),
+                     {"latents": latents})
     images = Node("ldm_sample", f"{ldm['denoiser']}-s{cfg.seed}",
                   {"ldm": ldm, "num_samples": cfg.sample.num_samples, "sample_seed": cfg.sample.seed,
                    "conditional": cfg.gpt.class_conditional, **pixels(cfg)},

@@ -8,10 +8,13 @@ vqgan_ar (same nodes, same ids), so a sweep with both computes them once.
 
 from __future__ import annotations
 
-from digit_bench.config import ExperimentConfig, to_dict
+import dataclasses
+
+from digit_bench.config import ExperimentConfig, MaskGITVQConfig
 from digit_bench.engine.dag import Node
-from digit_bench.generators.common import Generator, instrument_seed, judged, pixels, vqgan_nodes
+from digit_bench.generators.common import Generator, grey, instrument_seed, judged, vqgan_nodes
 from digit_bench.generators.vqgan_ar import nodes as vqgan_ar_nodes
+from digit_bench.stages import maskgit_vq, maskgit_vq_sample, render
 
 DECODING = ("steps", "choice_temperature", "temperature")  # maskgit_vq fields only sampling reads
 
@@ -19,15 +22,17 @@ DECODING = ("steps", "choice_temperature", "temperature")  # maskgit_vq fields o
 def nodes(cfg: ExperimentConfig) -> dict[str, Node]:
     shared = vqgan_ar_nodes(cfg)  # the VQ tokenizer's own nodes: its metrics and the "VQ only" ceiling
     out = {**vqgan_nodes(cfg), **{r: shared[r] for r in ("tokenizer_metrics", "ceiling_images", "ceiling_metrics")}}
-    mv = to_dict(cfg.maskgit_vq)
-    model = Node("maskgit_vq", f"maskgit-{cfg.maskgit_vq.size}-vq{cfg.vqgan.n_embed}-s{cfg.seed}",
-                 {"maskgit_vq": {k: v for k, v in mv.items() if k not in DECODING},
-                  "conditional": cfg.gpt.class_conditional, "seed": cfg.seed}, {"tokens": out["vq_tokens"]})
-    samples = Node("maskgit_vq_sample", f"maskgit-{cfg.maskgit_vq.size}-s{cfg.seed}",
-                   {**{k: mv[k] for k in DECODING}, "num_samples": cfg.sample.num_samples, "seed": cfg.sample.seed},
-                   {"model": model}, {"batch_size": cfg.sample.batch_size})
-    images = Node("render", f"maskgit_vq-s{cfg.seed}", {"source": "samples", **pixels(cfg)},
-                  {"samples": samples, "vqgan": out["vqgan"]}, {"batch_size": cfg.sample.batch_size})
+    mv, defaults = cfg.maskgit_vq, MaskGITVQConfig()
+    trained = dataclasses.replace(mv, **{k: getattr(defaults, k) for k in DECODING})  # decoding keys the samples only
+    model = Node("maskgit_vq", f"maskgit-{mv.size}-vq{cfg.vqgan.n_embed}-s{cfg.seed}",
+                 maskgit_vq.Cfg(model=trained, conditional=cfg.gpt.class_conditional, seed=cfg.seed),
+                 {"tokens": out["vq_tokens"]})
+    samples = Node("maskgit_vq_sample", f"maskgit-{mv.size}-s{cfg.seed}",
+                   maskgit_vq_sample.Cfg(**{k: getattr(mv, k) for k in DECODING}, num_samples=cfg.sample.num_samples,
+                                         seed=cfg.sample.seed, batch_size=cfg.sample.batch_size), {"model": model})
+    images = Node("render", f"maskgit_vq-s{cfg.seed}",
+                  render.Cfg(source="samples", grey=grey(cfg), batch_size=cfg.sample.batch_size),
+                  {"samples": samples, "vqgan": out["vqgan"]})
     return judged(cfg, {**out, "maskgit": model, "samples": samples, "images": images}, "maskgit_vq")
 
 

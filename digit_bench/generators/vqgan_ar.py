@@ -6,18 +6,11 @@ ceiling_metrics metrics real_metrics.
 
 from __future__ import annotations
 
-from digit_bench.config import ExperimentConfig, to_dict
+from digit_bench.config import ExperimentConfig
 from digit_bench.engine.dag import Node
-from digit_bench.generators.common import (
-    Generator,
-    data_cfg,
-    evaluate_node,
-    instrument_seed,
-    judged,
-    pixels,
-    stage1_nodes,
-    vqgan_nodes,
-)
+from digit_bench.generators.common import (Generator, evaluate_node, grey, instrument_seed, judged, stage1_nodes,
+                                           vqgan_nodes)
+from digit_bench.stages import render, tokenizer_metrics
 
 
 def nodes(cfg: ExperimentConfig) -> dict[str, Node]:
@@ -25,15 +18,15 @@ def nodes(cfg: ExperimentConfig) -> dict[str, Node]:
     label = f"vq{cfg.vqgan.n_embed}"
     out.update(stage1_nodes(cfg, out["vq_tokens"], label))
     out["tokenizer_metrics"] = Node("tokenizer_metrics", label,
-                                    {"stability": to_dict(cfg.stability), "data": data_cfg(cfg),
-                                     "probe": to_dict(cfg.probe)},
+                                    tokenizer_metrics.Cfg(stability=cfg.stability, data=cfg.data, probe=cfg.probe),
                                     {"tokens": out["vq_tokens"], "vqgan": out["vqgan"]})
-    speed = {"batch_size": cfg.sample.batch_size}
-    out["images"] = Node("render", f"vqgan_ar-s{cfg.seed}", {"source": "samples", **pixels(cfg)},
-                         {"samples": out["samples"], "vqgan": out["vqgan"]}, speed)
+    out["images"] = Node("render", f"vqgan_ar-s{cfg.seed}",
+                         render.Cfg(source="samples", grey=grey(cfg), batch_size=cfg.sample.batch_size),
+                         {"samples": out["samples"], "vqgan": out["vqgan"]})
     out["ceiling_images"] = Node("render", "vq_recon",
-                                 {"source": "reconstruction", "split": cfg.eval.ceiling_split, **pixels(cfg)},
-                                 {"vqgan": out["vqgan"], "tokens": out["vq_tokens"]}, speed)
+                                 render.Cfg(source="reconstruction", split=cfg.eval.ceiling_split, grey=grey(cfg),
+                                            batch_size=cfg.sample.batch_size),
+                                 {"vqgan": out["vqgan"], "tokens": out["vq_tokens"]})
     out["ceiling_metrics"] = evaluate_node(cfg, out["ceiling_images"], "vq_only", instrument_seed(cfg), "vqgan")
     return judged(cfg, out, "vqgan_ar")
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from digit_bench.artifacts import Artifact
-from digit_bench.data import to_grey
 from digit_bench.config import LDMConfig, build
+from digit_bench.data import to_grey
 from digit_bench.loaders import device, device_info, load_vae
 
 VERSION = 2

@@ -9,13 +9,14 @@ loaders.load_decoder reads it) with `num_classes` and `conditional`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from digit_bench.artifacts import Artifact
-from digit_bench.config import MaskGITVQConfig, build
+from digit_bench.config import MaskGITVQConfig
 from digit_bench.loaders import build_decoder, device, device_info, save_json
 
 VERSION = 1
@@ -33,11 +34,20 @@ def maskgit_arch(mcfg: MaskGITVQConfig, meta: dict) -> dict:
                 dropout=mcfg.dropout)
 
 
-def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
+@dataclass(frozen=True)
+class Cfg:
+    """Parent: tokens (VQ tokens)."""
+
+    model: MaskGITVQConfig  # its decoding fields left at their defaults: they key the samples, not this model
+    conditional: bool  # class label prefix (gpt.class_conditional), else the null class
+    seed: int
+
+
+def compute(cfg: Cfg, parents: dict[str, Artifact], out: Path) -> dict:
     from digit_bench.models.maskgit import random_mask
     from digit_bench.training import fit, micro_batches
 
-    mcfg, seed, conditional = build(MaskGITVQConfig, cfg["maskgit_vq"]), cfg["seed"], cfg["conditional"]
+    mcfg, seed, conditional = cfg.model, cfg.seed, cfg.conditional
     tok = parents["tokens"]
     meta = tok.manifest
     tokens = np.load(tok / "tokens_train.npy", mmap_mode="r")  # (V, N, T) uint16

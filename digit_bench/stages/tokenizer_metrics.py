@@ -12,13 +12,15 @@ stage's own input) and VQGAN tokens (parents: tokens, vqgan).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 
 from digit_bench.artifacts import Artifact
-from digit_bench.config import DataConfig, build
+from digit_bench.config import DataConfig, ProbeConfig, StabilityConfig
 from digit_bench.data import load_split
 from digit_bench.loaders import device, device_info, load_backbone, load_vqgan, save_json
 
@@ -64,15 +66,25 @@ def seed_agreement(other: np.ndarray, backend: str, spherical: bool, images: np.
     return float(adjusted_rand(tokens.flatten().numpy(), assign(flat, other, backend=backend, spherical=spherical)))
 
 
-def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
+@dataclass(frozen=True)
+class Cfg:
+    """Parents: tokens and either vqgan, or centroids + [reseeded_centroids] + [ssl]."""
+
+    stability: StabilityConfig
+    data: DataConfig
+    probe: ProbeConfig  # Acc@OL's probe settings (K-Means tokens)
+    backbone: Optional[dict] = None  # K-Means tokens: config.BackboneConfig fields but batch_size; VQ tokens: None
+
+
+def compute(cfg: Cfg, parents: dict[str, Artifact], out: Path) -> dict:
     from digit_bench.tokenizers.kmeans import codebook_stats
     from digit_bench.tokenizers.stability import stability
 
     tok = parents["tokens"]
     meta = tok.manifest
-    st = cfg["stability"]
-    test = load_split(build(DataConfig, cfg["data"]), "test")
-    pick = np.sort(np.random.default_rng(st["seed"]).choice(len(test), min(st["num_images"], len(test)), replace=False))
+    st = cfg.stability
+    test = load_split(cfg.data, "test")
+    pick = np.sort(np.random.default_rng(st.seed).choice(len(test), min(st.num_images, len(test)), replace=False))
     images = test.images[pick]  # (n, H, W, 3) uint8
     row = codebook_stats(np.load(tok / "tokens_test.npy")[0], meta["vocab_size"])
     if "vqgan" in parents:
@@ -82,18 +94,18 @@ def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
 
         centroids = np.load(parents["centroids"] / "centroids.npy")
         backend, spherical = parents["centroids"].manifest["backend"], parents["centroids"].manifest["spherical"]
-        encode = kmeans_encoder(load_backbone(cfg["backbone"], parents), centroids, backend, spherical)
+        encode = kmeans_encoder(load_backbone(cfg.backbone, parents), centroids, backend, spherical)
         if "reseeded_centroids" in parents:
             row["kmeans_seed_ari"] = seed_agreement(np.load(parents["reseeded_centroids"] / "centroids.npy"), backend,
                                                     spherical, images, encode)
-        pc = cfg["probe"]
+        pc = cfg.probe
         ol = train_linear_probes([torch.from_numpy(np.load(tok / "pooled_train.npy").astype(np.float32))],
                                  torch.from_numpy(np.load(tok / "labels_train.npy")),
                                  [torch.from_numpy(np.load(tok / "pooled_test.npy").astype(np.float32))],
                                  torch.from_numpy(np.load(tok / "labels_test.npy")),
-                                 l2s=pc["l2s"], max_iter=pc["max_iter"], holdout_fraction=pc["holdout_fraction"],
+                                 l2s=list(pc.l2s), max_iter=pc.max_iter, holdout_fraction=pc.holdout_fraction,
                                  seed=0, num_classes=meta["num_classes"])
         row["acc_ol"] = ol["probe_top1"]
-    row.update(stability(encode, images, st["snrs_db"], st["seed"]))
+    row.update(stability(encode, images, list(st.snrs_db), st.seed))
     save_json(out / "metrics.json", row)
     return {"num_images": len(images), **device_info()}
