@@ -89,9 +89,6 @@ def imported_node(kind: str, aid: str) -> Node:
     return ImportedNode("imported", aid.rsplit("-", 1)[0], {"kind": kind, "id": aid})
 
 
-def _unless_default(d: dict, **defaults) -> dict:
-    """`d` without the named fields while they hold these defaults: a field added later re-keys no older artifact."""
-    return {k: v for k, v in d.items() if not (k in defaults and v == defaults[k])}
 
 
 def stage_inputs(store: Store, spec: dict) -> tuple[ModuleType, dict[str, Artifact]]:

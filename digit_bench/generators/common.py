@@ -27,7 +27,8 @@ from typing import Callable
 from digit_bench.config import ExperimentConfig, to_dict
 from digit_bench.data import GREY_DATASETS
 from digit_bench.engine.dag import Node, imported_node
-from digit_bench.stages import classifier, real_images, sample, vq_tokenize
+from digit_bench.stages import classifier, evaluate, real_images, reference, sample, train, vq_tokenize
+from digit_bench.stages import vqgan as vqgan_stage
 
 FIXED_SEED = 0  # configured seed of the VQGAN, stage 2, VAE and classifier (offset by the run seed under full scope)
 
@@ -48,9 +49,6 @@ class Generator:
     model_role: str
 
 
-def unless_default(d: dict, **defaults) -> dict:
-    """`d` without the named fields while they hold these defaults: a field added later re-keys no older artifact."""
-    return {k: v for k, v in d.items() if not (k in defaults and v == defaults[k])}
 
 
 def scoped(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -89,8 +87,6 @@ def grey(cfg: ExperimentConfig) -> bool:
     return cfg.data.name in GREY_DATASETS
 
 
-def pixels(cfg: ExperimentConfig) -> dict:
-    return {"grey": grey(cfg)}
 
 
 # ------------------------------------------------------------------------------------------------ the judge
@@ -107,9 +103,9 @@ def reference_node(cfg: ExperimentConfig, extractor: str) -> Node:
     ref = cfg.eval.reference
     ref = f"npz:{ref.rsplit('/', 1)[-1]}" if ref.startswith("npz:") else ref
     return Node("reference", f"{extractor}-{ref.replace(':', '_')}",
-                {"data": data_cfg(cfg), "reference": cfg.eval.reference, "extractor": extractor,
-                 "num_reference": cfg.eval.num_reference, "weights": cfg.eval.weights,
-                 "resize": cfg.eval.reference_resize}, parents)
+                reference.Cfg(data=cfg.data, reference=cfg.eval.reference, extractor=extractor,
+                              num_reference=cfg.eval.num_reference, weights=cfg.eval.weights,
+                              resize=cfg.eval.reference_resize), parents)
 
 
 def evaluate_node(cfg: ExperimentConfig, images: Node, label: str, seed: int, tokenizer_backbone: str) -> Node:
@@ -123,8 +119,8 @@ def evaluate_node(cfg: ExperimentConfig, images: Node, label: str, seed: int, to
         parents["classifier"] = classifier_node(cfg)
     parents.update({f"reference_{e}": reference_node(cfg, e) for e in extractors})
     return Node("evaluate", f"{label}-{cfg.eval.extractor}",
-                {"eval": {k: v for k, v in to_dict(cfg.eval).items() if k != "local_train"},
-                 "extractors": list(extractors), "tokenizer_backbone": tokenizer_backbone, "seed": seed}, parents)
+                evaluate.Cfg(eval={k: v for k, v in to_dict(cfg.eval).items() if k != "local_train"},
+                             extractors=extractors, tokenizer_backbone=tokenizer_backbone, seed=seed), parents)
 
 
 def real_images_node(cfg: ExperimentConfig) -> Node:
@@ -143,7 +139,7 @@ def judged(cfg: ExperimentConfig, nodes: dict[str, Node], tokenizer_backbone: st
 def vqgan_nodes(cfg: ExperimentConfig) -> dict[str, Node]:
     """The VQGAN (trained or loaded) and the VQ tokens of every split."""
     vqgan = Node("vqgan", f"vqgan-{cfg.data.name}{cfg.data.image_size}-n{cfg.vqgan.n_embed}",
-                 {"data": data_cfg(cfg), "vqgan": to_dict(cfg.vqgan), "seed": instrument_seed(cfg)})
+                 vqgan_stage.Cfg(data=cfg.data, vqgan=cfg.vqgan, seed=instrument_seed(cfg)))
     vq_tokens = Node("vq_tokenize", f"vq-n{cfg.vqgan.n_embed}", vq_tokenize.Cfg(data=cfg.data, views=cfg.tokenizer.views),
                      {"vqgan": vqgan})
     return {"vqgan": vqgan, "vq_tokens": vq_tokens}
@@ -154,9 +150,8 @@ def stage1_nodes(cfg: ExperimentConfig, tokens: Node, label: str) -> dict[str, N
     if cfg.gpt.checkpoint:
         gpt = imported_node("gpt", cfg.gpt.checkpoint)
     else:
-        gpt = Node("train", f"{cfg.gpt.size}-{label}-s{cfg.seed}",
-                   {"gpt": unless_default(to_dict(cfg.gpt), checkpoint=None), "train": to_dict(cfg.train),
-                    "seed": cfg.seed}, {"tokens": tokens})
+        gpt = Node("train", f"{cfg.gpt.size}-{label}-s{cfg.seed}", train.Cfg(gpt=cfg.gpt, train=cfg.train, seed=cfg.seed),
+                   {"tokens": tokens})
     # prefix_len > 0: every sample continues the first prefix_len tokens of a val image's sequence (paper Fig. 4b)
     prompts = {"prompts": tokens} if cfg.sample.prefix_len else {}
     # sample i's seed is sample.seed + i: the batch size changes no byte (a speed setting of sample.Cfg)

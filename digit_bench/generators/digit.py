@@ -6,11 +6,13 @@ stage2 images ceiling_images ceiling_metrics metrics real_metrics.
 
 from __future__ import annotations
 
-from digit_bench.config import ExperimentConfig, to_dict
+import dataclasses
+
+from digit_bench.config import ExperimentConfig, Stage2Config, to_dict
 from digit_bench.engine.dag import Node, imported_node
 from digit_bench.generators.common import (Generator, evaluate_node, grey, instrument_seed, judged, stage1_nodes,
                                            vqgan_nodes)
-from digit_bench.stages import cluster, extract, pretrain_ssl, render, tokenize, tokenizer_metrics
+from digit_bench.stages import cluster, extract, pretrain_ssl, render, stage2, tokenize, tokenizer_metrics
 
 SSL_BACKBONES = {"dino_tiny": "dino", "mae_tiny": "mae", "sup_tiny": "sup"}  # trained here by the pretrain_ssl stage
 DECODING = ("top_p", "temperature", "maskgit_steps", "choice_temperature")  # stage2 fields the render stage reads
@@ -36,8 +38,9 @@ def decoding(cfg: ExperimentConfig) -> dict:
     return {k: v for k, v in to_dict(cfg.stage2).items() if k in DECODING}
 
 
-def decoder_cfg(cfg: ExperimentConfig) -> dict:
-    return {k: v for k, v in to_dict(cfg.stage2).items() if k not in DECODING}
+def decoder_cfg(cfg: ExperimentConfig) -> Stage2Config:
+    """cfg.stage2 with its decoding fields at their defaults: the trained decoder does not depend on them."""
+    return dataclasses.replace(cfg.stage2, **{k: getattr(Stage2Config(), k) for k in DECODING})
 
 
 def cluster_node(cfg: ExperimentConfig, features: Node, seed: int) -> Node:
@@ -79,7 +82,7 @@ def nodes(cfg: ExperimentConfig) -> dict[str, Node]:
                                     {"tokens": out["tokens"], "centroids": out["centroids"], **reseeded,
                                      **backbone_parents(cfg)})
     out["stage2"] = Node("stage2", f"{cfg.stage2.kind}-{cfg.stage2.size}-{label}",
-                         {"stage2": decoder_cfg(cfg), "seed": instrument_seed(cfg)},
+                         stage2.Cfg(stage2=decoder_cfg(cfg), seed=instrument_seed(cfg)),
                          {"tokens": out["tokens"], "vq_tokens": out["vq_tokens"]})
     decode = dict(grey=grey(cfg), stage2=decoding(cfg), sample_seed=cfg.sample.seed, batch_size=cfg.sample.batch_size)
     out["images"] = Node("render", f"digit-{label}-s{cfg.seed}", render.Cfg(source="samples", **decode),

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from digit_bench.config import ExperimentConfig, to_dict
 from digit_bench.engine.dag import Node
-from digit_bench.generators.common import Generator, data_cfg, instrument_seed, judged, pixels
+from digit_bench.generators.common import Generator, grey, instrument_seed, judged
+from digit_bench.stages import ldm_sample
+from digit_bench.stages import vae as vae_stage
 from digit_bench.stages import diffusion as diffusion_stage
 from digit_bench.stages import latents as latents_stage
 
@@ -17,14 +19,14 @@ VAE_FIELDS = ("vae_weights", "latent_channels", "vae_channels", "kl_weight", "va
 def nodes(cfg: ExperimentConfig) -> dict[str, Node]:
     ldm = to_dict(cfg.ldm)
     vae = Node("vae", f"vae-{cfg.data.name}{cfg.data.image_size}",
-               {"data": data_cfg(cfg), "ldm": {k: ldm[k] for k in VAE_FIELDS}, "seed": instrument_seed(cfg)})
+               vae_stage.Cfg(data=cfg.data, ldm={k: ldm[k] for k in VAE_FIELDS}, seed=instrument_seed(cfg)))
     latents = Node("latents", f"latents-{cfg.data.name}", latents_stage.Cfg(data=cfg.data), {"vae": vae})
     diffusion = Node("diffusion", f"{ldm['denoiser']}-s{cfg.seed}", diffusion_stage.Cfg(ldm=cfg.ldm, seed=cfg.seed),
                      {"latents": latents})
     images = Node("ldm_sample", f"{ldm['denoiser']}-s{cfg.seed}",
-                  {"ldm": ldm, "num_samples": cfg.sample.num_samples, "sample_seed": cfg.sample.seed,
-                   "conditional": cfg.gpt.class_conditional, **pixels(cfg)},
-                  {"diffusion": diffusion, "vae": vae, "latents": latents}, {"batch_size": cfg.sample.batch_size})
+                  ldm_sample.Cfg(ldm=cfg.ldm, num_samples=cfg.sample.num_samples, sample_seed=cfg.sample.seed,
+                                 conditional=cfg.gpt.class_conditional, grey=grey(cfg), batch_size=cfg.sample.batch_size),
+                  {"diffusion": diffusion, "vae": vae, "latents": latents})
     return judged(cfg, {"vae": vae, "latents": latents, "diffusion": diffusion, "images": images}, "ldm")
 
 

@@ -8,13 +8,14 @@ and VQ token artifacts, through the shared training loop. Output: ckpt.pt and mo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from digit_bench.artifacts import Artifact
-from digit_bench.config import Stage2Config, build
+from digit_bench.config import Stage2Config
 from digit_bench.loaders import build_decoder, device, device_info, save_json
 
 VERSION = 2
@@ -34,12 +35,20 @@ def decoder_arch(s2: Stage2Config, digit: dict, vq: dict) -> dict:
                 prefix_len=digit["seq_len"], dropout=0.1)
 
 
-def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
+@dataclass(frozen=True)
+class Cfg:
+    """Parents: tokens (DiGIT), vq_tokens."""
+
+    stage2: Stage2Config  # its decoding fields left at their defaults: they key the rendered images, not this model
+    seed: int
+
+
+def compute(cfg: Cfg, parents: dict[str, Artifact], out: Path) -> dict:
     from digit_bench.models.gpt import GPT_SIZES
     from digit_bench.models.maskgit import random_mask
     from digit_bench.training import fit, micro_batches
 
-    s2 = build(Stage2Config, cfg["stage2"])
+    s2 = cfg.stage2
     if s2.size not in GPT_SIZES:
         from digit_bench.models.gpt import gpt_config
 
@@ -51,7 +60,7 @@ def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
         raise ValueError(f"token artifacts are not aligned: {prefix_all.shape} vs {target_all.shape}")
     arch = decoder_arch(s2, digit.manifest, vq.manifest)
     save_json(out / "model.json", {"kind": s2.kind, "arch": arch})
-    seed, tcfg = cfg["seed"], s2.train
+    seed, tcfg = cfg.seed, s2.train
     torch.manual_seed(seed)
     model = build_decoder(s2.kind, arch).to(device())
     V, N, _ = prefix_all.shape

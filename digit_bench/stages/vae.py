@@ -5,6 +5,7 @@ absolute path in the manifest.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from digit_bench.artifacts import Artifact
@@ -17,13 +18,20 @@ KIND = "train"  # trains a model: a launcher job of tasks_per_node tasks (DDP)
 RESUMABLE = True
 
 
-def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
+@dataclass(frozen=True)
+class Cfg:
+    data: DataConfig
+    ldm: dict  # the LDMConfig fields of the VAE (generators.ldm.VAE_FIELDS)
+    seed: int
+
+
+def compute(cfg: Cfg, parents: dict[str, Artifact], out: Path) -> dict:
     from digit_bench.models.ldm import load_vae, train_vae
 
-    lcfg = build(LDMConfig, cfg["ldm"])
+    lcfg = build(LDMConfig, cfg.ldm)
     if lcfg.vae_weights:
         vae = load_vae(lcfg.vae_weights)
         return {"vae_folder": str(Path(lcfg.vae_weights).resolve()), "params": sum(p.numel() for p in vae.parameters())}
-    train = load_split(build(DataConfig, cfg["data"]), "train")
-    _, stats = train_vae(train.images, lcfg, out, cfg["seed"])  # batches decoded as drawn
+    train = load_split(cfg.data, "train")
+    _, stats = train_vae(train.images, lcfg, out, cfg.seed)  # batches decoded as drawn
     return {**stats, "vae_folder": "vae", **device_info()}
