@@ -152,15 +152,14 @@ def cmd_score(args) -> dict:
     import pandas as pd
 
     from digit_bench.artifacts import Store, default_root
-
-    from digit_bench.stages.reference import extractor_for
+    from digit_bench.loaders import load_extractor
 
     store = Store(args.root or default_root())
     cfg = score_config(args.config, args.profile, args.sets, args.extractor, args.reference, args.num_reference,
                        args.seed)
     for name in (cfg.eval.extractor, *cfg.eval.extra_extractors):  # missing weights fail now, not after training
         if name != "local":
-            extractor_for(name, cfg.eval.weights, {})
+            load_extractor(name, cfg.eval.weights, {})
     if args.export_reference:
         export_reference(store, cfg, Path(args.export_reference))
     images, provenance = load_images(args.images)
