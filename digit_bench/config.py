@@ -554,6 +554,7 @@ def check_names(cfg: ExperimentConfig) -> None:
         EXTRACTORS.check(ex)
     _check_choice("gpt.size", cfg.gpt.size, list(GPT_SIZES))
     _check_choice("stage2.size", cfg.stage2.size, list(GPT_SIZES))
+    _check_choice("maskgit_vq.size", cfg.maskgit_vq.size, list(GPT_SIZES))
     _check_choice("ldm.dit_size", cfg.ldm.dit_size, list(DIT_SIZES))
     _check_choice("ldm.scheduler", cfg.ldm.scheduler, scheduler_names())
     check_reference(cfg.eval.reference)

@@ -43,3 +43,14 @@ def test_maskgit_vq_runs_end_to_end_and_shares_the_vq_tokenizer_with_vqgan_ar(tm
     vq = run_dag(dataclasses.replace(cfg, generator="vqgan_ar"))
     for role in ("vqgan", "vq_tokens", "tokenizer_metrics", "ceiling_metrics"):
         assert dag[role].id == vq[role].id, role  # one VQ tokenizer for both VQ-token baselines
+
+
+def test_validate_rejects_a_typo_in_the_generator_or_its_size_before_any_compute(tmp_path, capsys):
+    from digit_bench import cli
+
+    for key, value, hint in (("generator", "maskgit_v", "did you mean maskgit_vq?"),
+                             ("maskgit_vq.size", "gpt-nan", "did you mean gpt-nano?")):
+        code = cli.main(["validate", str(SWEEP), "--profile", "smoke", "--root", str(tmp_path), "--set", f"{key}={value}"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and hint in err and key.split(".")[0] in err, err
+    assert not any(tmp_path.iterdir())  # nothing computed
