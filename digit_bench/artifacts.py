@@ -285,7 +285,7 @@ class Store:
             log(f"[{stage}] compute {aid}" + (f" (attempt {earlier['attempts'] + 1})" if earlier["attempts"] else ""))
             try:
                 extras = fn(work)
-                spec = {"stage": stage, "id": aid, "cfg": cfg,
+                spec = {"stage": stage, "id": aid, "cfg": cfg, "speed": extras.get("speed", {}),
                         "parents": {role: [p.path.parent.name, p.id] for role, p in parents.items()}}
                 wall = time.time() - t0
                 manifest = {
@@ -397,7 +397,7 @@ def check_artifact(path: Path, hashes: bool) -> list[str]:
 
 
 def artifact_spec(path: Path) -> dict | None:
-    """The spec (stage, id, cfg, parents) that recomputes a published artifact: from DONE, else from its manifest."""
+    """The spec (stage, id, cfg, speed, parents) that recomputes a published artifact: from DONE, else from its manifest."""
     try:
         lines = (path / DONE).read_text().split("\n", 1)
         return json.loads(lines[1])
@@ -412,7 +412,7 @@ def artifact_spec(path: Path) -> dict | None:
             if stage is None:
                 return None
             parents[role] = [stage, pid]
-        return {"stage": m["stage"], "id": m["id"], "cfg": m["config"], "parents": parents}
+        return {"stage": m["stage"], "id": m["id"], "cfg": m["config"], "speed": m.get("speed", {}), "parents": parents}
     except (OSError, ValueError, KeyError, AttributeError, TypeError):
         return None
 

@@ -8,29 +8,13 @@ cause and the fix (`--debug` shows the traceback).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Callable
 
-from digit_bench.errors import UserError
+from digit_bench.errors import UserError, guarded
 
 log = logging.getLogger("digit_bench")
-
-
-def guarded(fn: Callable[[], Any], debug: bool = False) -> int:
-    """Run fn; print its result as one JSON line; UserError -> one line on stderr and exit code 2."""
-    try:
-        result = fn()
-    except UserError as e:
-        if debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if result is not None:
-        print(json.dumps(result, default=str))
-    return 0
 
 
 def cmd_ls(args: argparse.Namespace) -> dict:
@@ -49,7 +33,7 @@ def cmd_ls(args: argparse.Namespace) -> dict:
 def cmd_validate(args: argparse.Namespace) -> dict:
     from digit_bench.artifacts import Store, default_root
     from digit_bench.config import load_sweep
-    from digit_bench.sweep import describe, make_plan
+    from digit_bench.engine.dag import describe, make_plan
 
     from digit_bench.preflight import check_files
 
@@ -93,7 +77,7 @@ def cmd_run(args: argparse.Namespace) -> dict:
     """Compute one role of every run's DAG (and whatever it needs), in-process."""
     from digit_bench.artifacts import Store, default_root
     from digit_bench.config import load_sweep
-    from digit_bench.pipeline import compute, run_dag
+    from digit_bench.engine.dag import compute, run_dag
 
     sweep = load_sweep(args.yaml, args.profile, args.sets)
     store = Store(args.root or default_root())
@@ -113,7 +97,7 @@ def cmd_status(args: argparse.Namespace) -> dict:
     from digit_bench.artifacts import Store, default_root
     from digit_bench.config import load_sweep
     from digit_bench.status import format_status, sweep_status
-    from digit_bench.sweep import make_plan
+    from digit_bench.engine.dag import make_plan
 
     sweep = load_sweep(args.yaml, args.profile, args.sets)
     store = Store(args.root or default_root())
@@ -127,7 +111,7 @@ def cmd_report(args: argparse.Namespace) -> dict | None:
     from digit_bench.artifacts import Store, default_root
     from digit_bench.config import load_sweep
     from digit_bench.report import readme_snippet, report_from_csv, report_from_dir
-    from digit_bench.sweep import rows_dir
+    from digit_bench.engine.rows import rows_dir
 
     done = []
     for target in args.targets:
@@ -202,7 +186,7 @@ def _repair(store, corrupt: dict) -> tuple[list[str], list[str]]:
     import time
 
     from digit_bench.artifacts import artifact_spec
-    from digit_bench.pipeline import compute_spec
+    from digit_bench.engine.dag import compute_spec
 
     specs, moved = {}, []
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -337,9 +321,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
-    from digit_bench.sweep import _setup_logging
+    from digit_bench.engine.launch import setup_logging
 
-    _setup_logging()
+    setup_logging()
     return guarded(lambda: args.fn(args), args.debug)
 
 

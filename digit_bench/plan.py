@@ -368,7 +368,7 @@ PLANNED_ROLES = ("features", "tokens", "gpt", "stage2", "samples")
 
 def plan_sweep(sweep, mfu: float = 0.4, gpu_type: Optional[str] = None) -> list[JobPlan]:
     """One JobPlan per unique artifact of `sweep` (a config.Sweep) whose role is in PLANNED_ROLES, in DAG order."""
-    from digit_bench.pipeline import run_dag
+    from digit_bench.engine.dag import run_dag
 
     seen: dict[str, JobPlan] = {}
     for run in sweep.runs:

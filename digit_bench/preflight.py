@@ -91,11 +91,14 @@ def _extractors(cfg: ExperimentConfig) -> list[tuple[str, str, str]]:
 def run_missing(cfg: ExperimentConfig) -> list[tuple[str, str, str]]:
     """(path, key, source) of every file one run reads that is not on disk."""
     out = [m for m in (_data_root(cfg),) if m]
-    if cfg.generator == "digit":
+    from digit_bench.engine.dag import ancestors, run_dag
+
+    stages = {n.stage for n in ancestors(list(run_dag(cfg).values()))}  # what the generator's recipe runs
+    if "extract" in stages:
         out += [m for m in (_backbone(cfg),) if m]
-    if cfg.generator in ("digit", "vqgan_ar") and cfg.vqgan.weights and not Path(cfg.vqgan.weights).is_file():
+    if "vqgan" in stages and cfg.vqgan.weights and not Path(cfg.vqgan.weights).is_file():
         out.append((cfg.vqgan.weights, "vqgan.weights", MAGE_VQGAN))
-    if cfg.generator == "ldm" and cfg.ldm.vae_weights and not Path(cfg.ldm.vae_weights).is_dir():
+    if "vae" in stages and cfg.ldm.vae_weights and not Path(cfg.ldm.vae_weights).is_dir():
         out.append((cfg.ldm.vae_weights, "ldm.vae_weights", "a diffusers AutoencoderKL folder (stabilityai/sd-vae-ft-ema)"))
     return out + _extractors(cfg)
 

@@ -1,6 +1,6 @@
 """Every registered name in one file, one literal line each (grep finds `dinov2_vitb14_reg4` here).
 
-Registries: DATASETS, BACKBONES, GENERATORS (name -> recipe module), EXTRACTORS, GPT_SIZES and DIT_SIZES (model
+Registries: DATASETS, BACKBONES, GENERATORS (name -> recipe), EXTRACTORS, GPT_SIZES and DIT_SIZES (model
 sizes), SCHEDULERS (diffusers samplers), METRICS (the families of `metric_registry.py`, the one list of metrics).
 Entries are lazy `"module:attr"` strings plus fixed keyword arguments, so listing names (`digit-bench ls
 backbones`) imports nothing heavy. `REGISTRY.get(name)` imports the target and returns it with the keyword
@@ -141,16 +141,12 @@ BACKBONES.add("sup_tiny", "digit_bench.backbones:pretrained_tiny",
               "tiny timm ViT trained here by a supervised classifier (discriminative control, pretrain_ssl stage)",
               method="sup")
 
-# Generators: name -> the module of its recipe (`nodes(cfg) -> {role: Node}`). A new generator is one line here.
-GENERATORS: dict[str, str] = {
-    "digit": "digit_bench.generators.digit",  # DiGIT: GPT on K-Means tokens, stage 2 to VQGAN tokens, pixels
-    "vqgan_ar": "digit_bench.generators.vqgan_ar",  # baseline: the same GPT on VQGAN tokens
-    "ldm": "digit_bench.generators.ldm",  # baseline: latent diffusion (diffusers VAE + denoiser, DDIM)
-}
-_GENERATOR_NAMES = Registry("generator")  # the same names for `ls` and validation; targets are the modules above
-_GENERATOR_NAMES.add("digit", GENERATORS["digit"], "DiGIT: GPT on K-Means tokens, then stage 2 to VQGAN tokens, then pixels")
-_GENERATOR_NAMES.add("vqgan_ar", GENERATORS["vqgan_ar"], "baseline: the same GPT on VQGAN tokens")
-_GENERATOR_NAMES.add("ldm", GENERATORS["ldm"], "baseline: latent diffusion (diffusers VAE + denoiser, DDIM)")
+# Generators: one registered recipe each (`Generator` in generators/<name>.py). A new generator is one line here.
+GENERATORS = Registry("generator")
+GENERATORS.add("digit", "digit_bench.generators.digit:GENERATOR", "DiGIT: GPT on K-Means tokens, then stage 2 to VQGAN tokens, then pixels")
+GENERATORS.add("vqgan_ar", "digit_bench.generators.vqgan_ar:GENERATOR", "baseline: the same GPT on VQGAN tokens")
+GENERATORS.add("ldm", "digit_bench.generators.ldm:GENERATOR", "baseline: latent diffusion (diffusers VAE + denoiser, DDIM)")
+GENERATORS.add("maskgit_vq", "digit_bench.generators.maskgit_vq:GENERATOR", "baseline: MaskGIT (parallel decoding) on VQGAN tokens")
 
 EXTRACTORS = Registry("extractor")
 EXTRACTORS.add("inception", "digit_bench.eval.fidelity:inception_extractor", "torch-fidelity inception-v3-compat (standard FID/IS)")
@@ -195,17 +191,18 @@ METRICS = Registry("metric")
 for _metric in _metric_registry.METRICS:
     METRICS.add(_metric.name, "digit_bench.metric_registry:metric", _metric.protocol, column=_metric.name)
 
-ALL = {"datasets": DATASETS, "backbones": BACKBONES, "generators": _GENERATOR_NAMES, "extractors": EXTRACTORS,
+ALL = {"datasets": DATASETS, "backbones": BACKBONES, "generators": GENERATORS, "extractors": EXTRACTORS,
        "gpt_sizes": GPT_SIZES, "dit_sizes": DIT_SIZES, "schedulers": SCHEDULERS, "metrics": METRICS}
 
 # Every name-valued config field and the registry its value (each item of a list; each key of a mapping) must name.
 FIELDS: dict[str, Registry] = {
-    "generator": _GENERATOR_NAMES,
+    "generator": GENERATORS,
     "weights": BACKBONES,  # backbone name -> weight file
     "data.name": DATASETS,
     "backbone.name": BACKBONES,
     "gpt.size": GPT_SIZES,
     "stage2.size": GPT_SIZES,
+    "maskgit_vq.size": GPT_SIZES,
     "eval.extractor": EXTRACTORS,
     "eval.extra_extractors": EXTRACTORS,
     "ldm.dit_size": DIT_SIZES,

@@ -187,7 +187,7 @@ def _register(store: Store, kind: str, name: str, digest: str, write, extras: di
     from digit_bench.stages import imported
 
     aid = artifact_id("imported", name, cfg, [], imported.VERSION)
-    manifest_cfg = {**cfg, "id": aid, **extras.pop("config", {})}
+    manifest_cfg = {**cfg, "id": aid}
     return store.lookup_or_compute("imported", aid, manifest_cfg, {}, lambda out: {**write(out), **extras},
                                    log=lambda _: None)
 
@@ -201,9 +201,10 @@ def import_centroids(store: Store, path: str | Path, trust_pickle: bool = False)
         np.save(out / "centroids.npy", centroids)
         return {}
 
-    # backend/spherical: how tokens are assigned to them (the release: L2 nearest centroid, as faiss)
+    # backend/spherical: how tokens are assigned to them (the release: L2 nearest centroid, as faiss), published as
+    # outputs like the cluster stage's
     return _register(store, "centroids", f"{path.stem}", file_digest(path), write,
-                     {"config": {"backend": "faiss", "spherical": False}, "source": str(path),
+                     {"backend": "faiss", "spherical": False, "source": str(path),
                       "shape": list(centroids.shape), "k": len(centroids)})
 
 
@@ -211,7 +212,7 @@ def import_gpt(store: Store, path: str | Path, *, trust_pickle: bool = False, n_
                seq_len: int = 256, image_size: int = 256) -> Artifact:
     """Register a fairseq stage-1 checkpoint as our `train` artifact layout (ckpt.pt + model.json), which the sample
     stage reads; the manifest carries the vocabulary, grid and class count the downstream stages need."""
-    from digit_bench.stages.common import save_json
+    from digit_bench.loaders import save_json
 
     path = Path(path).expanduser()
     state, model_cfg = load_fairseq(path, trust_pickle)

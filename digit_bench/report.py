@@ -71,8 +71,6 @@ PUBLISHED_NOTE = ("Published numbers are ImageNet 256×256, torch-fidelity FID/I
                   "Ours follow the protocol card on a different data set and scale: compare orderings, not values.")
 TEX_ARROWS = {"↓": r"$\downarrow$", "↑": r"$\uparrow$"}
 # The training loss of each trained role, as it is named in that stage's log.jsonl (first key present wins).
-TRAINED_ROLES = {"gpt": "train", "stage2": "stage2", "vqgan": "vqgan", "diffusion": "diffusion", "vae": "vae",
-                 "ssl": "pretrain_ssl", "classifier": "classifier"}
 LOSS_KEYS = {"vqgan": ("rec_loss",), "vae": ("rec_l1", "loss/main")}  # the GAN/KL terms hide the trend
 DEFAULT_LOSS_KEYS = ("loss/main", "loss")
 IMAGE_STAGES = ("render", "ldm_sample", "real_images")
@@ -748,7 +746,7 @@ def collect_artifacts(df: pd.DataFrame, store, out_dir: Path) -> None:
     for d in (samples, runs_dir):
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
-    curves, seen = [], set()
+    curves, seen, train_stages = [], set(), trained_stages()
     for _, row in df.iterrows():
         art = _metrics_artifact(store, row)
         if art is None:
@@ -765,18 +763,37 @@ def collect_artifacts(df: pd.DataFrame, store, out_dir: Path) -> None:
         shutil.copy(art.path / "manifest.json", rdir / "manifest.json")
         if isinstance(row.get("config"), str):
             (rdir / "config.yaml").write_text(yaml.safe_dump(json.loads(row["config"]), sort_keys=False))
-        for role, stage in TRAINED_ROLES.items():
-            aid = row.get(f"artifacts.{role}")
-            trained = store.lookup(stage, aid) if isinstance(aid, str) else None
+        own = _model_role(row.get("generator"))
+        for role, aid in [(c[len("artifacts."):], row[c]) for c in df.columns if c.startswith("artifacts.")]:
+            found = [store.lookup(s, aid) for s in train_stages] if isinstance(aid, str) else []
+            trained = next((a for a in found if a is not None), None)
             if trained is None or not (trained.path / "log.jsonl").is_file():
                 continue
-            if role in ("gpt", "diffusion"):  # the run's own generator
+            if role == own:  # the run's own generator (stage 1: the GPT, the LDM's denoiser, ...)
                 shutil.copy(trained.path / "log.jsonl", rdir / "log.jsonl")
             if aid not in seen:
                 seen.add(aid)
                 curves += _loss_curve(trained.path / "log.jsonl", role, aid, row["run_id"])
     pd.DataFrame(curves, columns=["role", "artifact", "run_id", "step", "loss", "key"]).to_csv(out_dir / "curves.csv",
                                                                                        index=False)
+
+
+def trained_stages() -> list[str]:
+    """The stages that train a model (their module's KIND is "train"): their artifacts have loss curves."""
+    import importlib
+    import pkgutil
+
+    from digit_bench import stages
+
+    return [m.name for m in pkgutil.iter_modules(stages.__path__)
+            if importlib.import_module(f"digit_bench.stages.{m.name}").KIND == "train"]
+
+
+def _model_role(generator) -> Optional[str]:
+    """The role of a registered generator's stage-1 model (None for a name no longer registered)."""
+    from digit_bench.registry import GENERATORS
+
+    return GENERATORS.get(generator).model_role if isinstance(generator, str) and generator in GENERATORS else None
 
 
 def _loss_curve(log: Path, role: str, artifact: str, run_id: str) -> list[dict]:

@@ -100,7 +100,8 @@ def score(images, provenance: dict, cfg, store, label: str) -> tuple[dict, dict]
 
     The bootstrap seed is `cfg.seed`, as for a sweep run's row.
     """
-    from digit_bench.pipeline import compute, evaluate_node, imported_node, set_threads
+    from digit_bench.engine.dag import compute, imported_node, set_threads
+    from digit_bench.generators.common import evaluate_node
     from digit_bench.released import import_images
 
     art = import_images(store, images, label, provenance)
@@ -132,7 +133,8 @@ def export_reference(store, cfg, path: Path) -> None:
     import numpy as np
 
     from digit_bench.eval.fidelity import load_reference
-    from digit_bench.pipeline import compute, reference_node, set_threads
+    from digit_bench.engine.dag import compute, set_threads
+    from digit_bench.generators.common import reference_node
 
     node = reference_node(cfg, cfg.eval.extractor)
     set_threads([node], cfg.threads)
@@ -150,15 +152,14 @@ def cmd_score(args) -> dict:
     import pandas as pd
 
     from digit_bench.artifacts import Store, default_root
-
-    from digit_bench.stages.reference import extractor_for
+    from digit_bench.loaders import load_extractor
 
     store = Store(args.root or default_root())
     cfg = score_config(args.config, args.profile, args.sets, args.extractor, args.reference, args.num_reference,
                        args.seed)
     for name in (cfg.eval.extractor, *cfg.eval.extra_extractors):  # missing weights fail now, not after training
         if name != "local":
-            extractor_for(name, cfg.eval.weights, {})
+            load_extractor(name, cfg.eval.weights, {})
     if args.export_reference:
         export_reference(store, cfg, Path(args.export_reference))
     images, provenance = load_images(args.images)

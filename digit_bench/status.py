@@ -1,7 +1,7 @@
 """`digit-bench status`: the state of every run × stage of a sweep, live.
 
 States, from the artifact store and the job ledger the sweep writes beside each artifact (`<id>.job.json`,
-`<id>.failed.json`, see sweep.record_job):
+`<id>.failed.json`, see engine.launch.record_job):
 
     done      published (DONE present)
     running   a process holds the artifact's lock; training stages show step/total from their log.jsonl
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from digit_bench.artifacts import CorruptArtifact, Store
-from digit_bench.pipeline import Node
+from digit_bench.engine.dag import Node
 
 
 def _read(path: Path) -> Optional[dict]:

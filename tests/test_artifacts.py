@@ -105,7 +105,8 @@ def _real_images(root: Path):
     import dataclasses
 
     from digit_bench.config import ExperimentConfig
-    from digit_bench.pipeline import compute, real_images_node
+    from digit_bench.engine.dag import compute
+    from digit_bench.generators.common import real_images_node
 
     cfg = ExperimentConfig(data=dataclasses.replace(ExperimentConfig().data, name="digits", num_val=50, image_size=8))
     cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, num_samples=20))

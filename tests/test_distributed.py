@@ -2,7 +2,7 @@
 size decide gradient accumulation; multi-node jobs (`launcher.nodes`) join through submitit's environment.
 
 The stage-1 GPT trained by the real stage function at 1 rank x batch B, 1 rank x 4 micro-batches and 2 ranks x 2
-micro-batches (two "nodes" of one task each, joined by sweep.distributed_setup from SLURM variables, gloo) follows
+micro-batches (two "nodes" of one task each, joined by engine.launch.distributed_setup from SLURM variables, gloo) follows
 the same loss trajectory and ends with the same weights.
 """
 
@@ -50,7 +50,7 @@ def trajectory(out: Path) -> list[float]:
 
 def _node(rank: int, job_id: int, tmp: str) -> None:
     """One task of a 2-node SLURM job: the variables srun sets, then the sweep's own rendezvous."""
-    from digit_bench.sweep import distributed_setup
+    from digit_bench.engine.launch import distributed_setup
 
     for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
         os.environ.pop(k, None)
@@ -110,7 +110,7 @@ def test_sweep_rejects_a_batch_that_does_not_split_over_the_launcher():
 def test_multi_node_sbatch_script(tmp_path, monkeypatch):
     from submitit.slurm.slurm import _make_sbatch_string
 
-    from digit_bench.sweep import executor_for
+    from digit_bench.engine.launch import executor_for
 
     if shutil.which("srun") is None:  # submitit renders sbatch scripts only where it finds srun; nothing here runs it
         (tmp_path / "bin").mkdir()

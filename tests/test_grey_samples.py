@@ -11,7 +11,7 @@ from digit_bench.config import VQGANConfig, load_sweep
 from digit_bench.data import to_grey
 from digit_bench.models.vqgan import VQGAN
 from digit_bench.stages.render import tokens_to_images
-from digit_bench.sweep import make_plan
+from digit_bench.engine.dag import make_plan
 
 ABL = Path(__file__).resolve().parents[1] / "ablations"
 

@@ -12,8 +12,8 @@ import torch
 
 from digit_bench.config import load_sweep
 from digit_bench.models.gpt import GPT, gpt_config
-from digit_bench.pipeline import run_dag
-from digit_bench.sweep import _ceiling_points, make_plan
+from digit_bench.engine.dag import make_plan, run_dag
+from digit_bench.engine.rows import _ceiling_points
 from digit_bench.sweep import main as sweep_main
 
 ABL = Path(__file__).resolve().parents[1] / "ablations"
@@ -60,15 +60,15 @@ def test_prefix_length_shares_one_gpt_per_tokenizer_and_prompts_from_tokens():
     assert len({d["gpt"].id for d in dags}) == 2 and len({d["samples"].id for d in dags}) == len(dags)
     for d in dags:
         has_prompts = "prompts" in d["samples"].parents
-        assert has_prompts == (d["samples"].cfg["sample"].get("prefix_len", 0) > 0)
+        assert has_prompts == (d["samples"].cfg["prefix_len"] > 0)
         if has_prompts:
             assert d["samples"].parents["prompts"] is d["gpt"].parents["tokens"]
 
 
-def test_unprompted_samples_keep_their_ids():
-    """prefix_len is left out of the sample config at 0, so existing sample artifacts are not re-keyed."""
+def test_unprompted_samples_have_no_prompt_parent():
     cfg = load_sweep(ABL / "prefix_length.yaml", "smoke").runs[0].cfg
-    assert "prefix_len" not in run_dag(cfg)["samples"].cfg["sample"]
+    samples = run_dag(cfg)["samples"]
+    assert samples.cfg["prefix_len"] == 0 and "prompts" not in samples.parents
 
 
 def test_a_prompt_fixes_the_first_tokens_and_the_rest_is_sampled():

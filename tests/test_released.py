@@ -137,7 +137,7 @@ def test_a_payload_in_a_fairseq_checkpoint_never_runs_without_trust_pickle(tmp_p
 
 
 def test_import_gpt_writes_an_artifact_the_sample_stage_reads(tmp_path):
-    from digit_bench.stages.common import load_gpt
+    from digit_bench.loaders import load_gpt
     from digit_bench.stages.sample import checkpoint_to_samples
 
     path = tmp_path / "stage1.pt"
@@ -196,7 +196,7 @@ def test_the_pipeline_runs_to_metrics_from_imported_centroids(tmp_path):
 
 def test_runs_name_imported_artifacts_by_id_and_train_nothing_in_their_place(tmp_path):
     from digit_bench.config import Override, apply_overrides, load_sweep
-    from digit_bench.pipeline import ancestors, compute, run_dag
+    from digit_bench.engine.dag import ancestors, compute, run_dag
 
     cfg = load_sweep(ABL / "backbones.yaml", "smoke", ["backbone.name=random_vit"]).runs[0].cfg
     cfg = apply_overrides(cfg, [Override("gpt.checkpoint", "stage1-0123456789", "test"),

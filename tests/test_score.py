@@ -12,7 +12,7 @@ import pytest
 from digit_bench.artifacts import Store
 from digit_bench.cli import main
 from digit_bench.config import load_sweep
-from digit_bench.pipeline import compute, run_dag
+from digit_bench.engine.dag import compute, run_dag
 
 MICRO = Path(__file__).resolve().parent / "data" / "micro.yaml"
 SETS = ["eval.local_train.steps=5", "data.num_test=60", "eval.num_reference=60"]  # the cheapest real protocol

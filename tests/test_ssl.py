@@ -90,10 +90,9 @@ def test_backbone_file_loads_strictly_into_timm_and_gives_the_same_features(tmp_
     # the stages build it by name through the registry, like any timm backbone: the same FeatureBackbone interface,
     # and the features of the layer convention (block `layer`, final norm, CLS dropped) of that timm model
     from digit_bench.artifacts import Artifact
-    from digit_bench.stages.common import backbone_from
+    from digit_bench.loaders import load_backbone
 
-    cfg = {"backbone": {"name": "dino_tiny", "layer": -2, "patch_size": 4}}  # TINY has 2 blocks
-    backbone = backbone_from(cfg, {"ssl": Artifact(tmp_path)})
+    backbone = load_backbone({"name": "dino_tiny", "layer": -2, "patch_size": 4}, {"ssl": Artifact(tmp_path)})  # TINY: 2 blocks
     assert (backbone.name, backbone.input_size, backbone.num_tokens, backbone.embed_dim) == ("dino_tiny", 32, 64, 32)
     pixels = torch.from_numpy(images[:3])  # (3, 32, 32, 3) uint8
     with torch.no_grad():
@@ -160,7 +159,8 @@ def test_tiny_profile_dino_beats_the_untrained_random_vit_on_knn(tmp_path):
     from digit_bench.backbones import random_vit
     from digit_bench.config import load_sweep, to_dict
     from digit_bench.data import load_split
-    from digit_bench.pipeline import backbone_parents, compute
+    from digit_bench.engine.dag import compute
+    from digit_bench.generators.digit import backbone_parents
 
     runs = load_sweep(Path(__file__).resolve().parents[1] / "ablations/backbones.yaml", profile="tiny").runs
     dino = next(r.cfg for r in runs if r.cfg.backbone.name == "dino_tiny")

@@ -10,17 +10,18 @@ import time
 from pathlib import Path
 
 import pytest
-
-from digit_bench import cli, sweep
-from digit_bench.artifacts import Store
-from digit_bench.config import load_sweep
-from digit_bench.pipeline import compute
-from digit_bench.status import format_status, sweep_status
 from test_sweep import FAST, FAST_SETS, MICRO, REPO, VQ_ONLY  # tests/ is on sys.path
 
+from digit_bench import cli
+from digit_bench.artifacts import Store
+from digit_bench.config import load_sweep
+from digit_bench.engine import dag, launch
+from digit_bench.engine.dag import compute
+from digit_bench.status import format_status, sweep_status
 
-def _plan(*sets: str) -> sweep.Plan:
-    return sweep.make_plan(load_sweep(MICRO, "smoke", FAST_SETS + list(sets)))
+
+def _plan(*sets: str) -> dag.Plan:
+    return dag.make_plan(load_sweep(MICRO, "smoke", FAST_SETS + list(sets)))
 
 
 def test_each_state_comes_from_the_store_and_the_job_ledger(tmp_path, capsys):
@@ -34,13 +35,13 @@ def test_each_state_comes_from_the_store_and_the_job_ledger(tmp_path, capsys):
     work = Path(f"{store.path(running.stage, running.id)}.work")
     work.mkdir(parents=True)
     (work / "log.jsonl").write_text("".join(json.dumps({"step": i}) + "\n" for i in range(1, 5)))
-    sweep.record_job(store, running, None, "debug")
+    launch.record_job(store, running, None, "debug")
     for node in (failed, queued):
         store.path(node.stage, node.id).parent.mkdir(parents=True, exist_ok=True)
         Path(f"{store.path(node.stage, node.id)}.job.json").write_text(json.dumps(
             {"cluster": "slurm", "job_id": f"42_{node.stage}", "stdout": f"/logs/42_{node.stage}.out",
              "stderr": f"/logs/42_{node.stage}.err", "submitted": time.time() - 10}))
-    sweep.record_failure(store, failed, "Traceback ...\nRuntimeError: boom")
+    launch.record_failure(store, failed, "Traceback ...\nRuntimeError: boom")
     Path(f"{store.path(partial.stage, partial.id)}.work").mkdir(parents=True)
     with open(f"{store.path(running.stage, running.id)}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # what lookup_or_compute holds while it computes
@@ -62,12 +63,12 @@ def test_each_state_comes_from_the_store_and_the_job_ledger(tmp_path, capsys):
     assert f"running {states['gpt']['progress']}" in text
     assert "failed   job 42_tokenizer_metrics" in text and "log: /logs/42_tokenizer_metrics.out" in text
     assert "error: RuntimeError: boom" in text
-    sweep.record_job(store, failed, None, "debug")  # resubmitted: the old failure no longer counts
+    launch.record_job(store, failed, None, "debug")  # resubmitted: the old failure no longer counts
     assert sweep_status(plan, store)[1][digit]["tokenizer_metrics"]["state"] == "queued"
     assert format_status(roles, table).splitlines()[-1].endswith("done 1, failed 1, partial 1, queued 1, running 1")
 
 
-def vq_root(root: Path) -> sweep.Plan:
+def vq_root(root: Path) -> dag.Plan:
     """The VQGAN-AR micro sweep's first two waves computed in `root`, then its VQGAN weights overwritten by zeros of
     the same size (a deleted file is caught as a corrupt artifact before anything runs), so the stages that load the
     VQGAN fail in their jobs while the GPT trains."""
@@ -87,7 +88,7 @@ def watch_a_sweep(root: Path, results: Path, cluster: str, *extra: str) -> tuple
     argv = [sys.executable, "-m", "digit_bench.sweep", str(MICRO), "--profile", "smoke", "--root", str(root),
             "--results", str(results), *FAST, *VQ_ONLY, *[a for kv in sets for a in ("--set", kv)], *extra,
             "--cluster", cluster]
-    plan = sweep.make_plan(load_sweep(MICRO, "smoke", FAST_SETS + ["generator=vqgan_ar"] + sets))
+    plan = dag.make_plan(load_sweep(MICRO, "smoke", FAST_SETS + ["generator=vqgan_ar"] + sets))
     store, seen = Store(root), []
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600

@@ -26,8 +26,10 @@ import pytest
 from digit_bench import cli, sweep
 from digit_bench.artifacts import Store
 from digit_bench.config import LauncherConfig, load_sweep
+from digit_bench.engine import dag, launch
+from digit_bench.engine.dag import ancestors
+from digit_bench.engine.rows import rows_dir
 from digit_bench.errors import UserError
-from digit_bench.pipeline import ancestors
 
 REPO = Path(__file__).resolve().parents[1]
 MICRO = REPO / "tests" / "data" / "micro.yaml"
@@ -40,7 +42,7 @@ FAST_SETS = ["data.num_train=200", "data.num_val=40", "ssl.train.steps=1", "ssl.
 FAST = [a for kv in FAST_SETS for a in ("--set", kv)]
 VQ_ONLY = ["--set", "generator=vqgan_ar"]  # narrows the grid: the VQGAN-AR run (its training is resumable)
 # In-process (debug) sweeps start with the threads of a local job; every stage then runs at its configured count.
-THREADS = sweep.job_threads("local", LauncherConfig())
+THREADS = launch.job_threads("local", LauncherConfig())
 DEBUG_ENV = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
 COMPUTE = re.compile(r"\[(\w+)\] compute (\S+)")
 TIMING = re.compile(r"^cost\.|wall_s|_per_s$")
@@ -70,7 +72,7 @@ def published(root: Path) -> dict[str, tuple]:
 
 def plan_ids(*sets: str) -> set[str]:
     """Ids of every artifact the micro sweep (with FAST and `sets`) plans."""
-    plan = sweep.make_plan(load_sweep(MICRO, "smoke", FAST_SETS + list(sets)))
+    plan = dag.make_plan(load_sweep(MICRO, "smoke", FAST_SETS + list(sets)))
     return {n.id for wave in plan.waves for n in wave}
 
 
@@ -173,8 +175,8 @@ class FakeJob:
 
 def mixed_wave() -> list:
     """A wave of the micro sweep with training and other stages."""
-    plan = sweep.make_plan(load_sweep(MICRO, "smoke", FAST_SETS))
-    return next(w for w in plan.waves if len(w) >= 4 and len({n.stage in sweep.TRAINING_STAGES for n in w}) == 2)
+    plan = dag.make_plan(load_sweep(MICRO, "smoke", FAST_SETS))
+    return next(w for w in plan.waves if len(w) >= 4 and len({n.training for n in w}) == 2)
 
 
 def test_local_runs_local_workers_jobs_at_a_time(tmp_path, monkeypatch):
@@ -184,7 +186,7 @@ def test_local_runs_local_workers_jobs_at_a_time(tmp_path, monkeypatch):
 
     def executor_for(cluster, launcher, folder, training):
         def submit(fn, spec):
-            assert isinstance(fn, sweep.StageJob) and fn.root == str(tmp_path) and cluster == "local"
+            assert isinstance(fn, launch.StageJob) and fn.root == str(tmp_path) and cluster == "local"
             with lock:
                 submitted.append((spec["id"], training))
                 running[0] += 1
@@ -201,9 +203,9 @@ def test_local_runs_local_workers_jobs_at_a_time(tmp_path, monkeypatch):
             return FakeJob(spec, {"path": "done"}, finish)
         return SimpleNamespace(submit=submit)
 
-    monkeypatch.setattr(sweep, "executor_for", executor_for)
-    assert sweep._run_wave(wave, Store(tmp_path), "local", LauncherConfig(local_workers=2)) == {}
-    assert sorted(submitted) == sorted((n.id, n.stage in sweep.TRAINING_STAGES) for n in wave) and peak[0] == 2
+    monkeypatch.setattr(launch, "executor_for", executor_for)
+    assert launch._run_wave(wave, Store(tmp_path), "local", LauncherConfig(local_workers=2)) == {}
+    assert sorted(submitted) == sorted((n.id, n.training) for n in wave) and peak[0] == 2
 
 
 def test_slurm_submits_one_array_per_kind_and_reads_outcomes(tmp_path, monkeypatch):
@@ -217,12 +219,12 @@ def test_slurm_submits_one_array_per_kind_and_reads_outcomes(tmp_path, monkeypat
             return [FakeJob(s, outcomes.get(s["id"], {"path": "done"})) for s in specs]
         return SimpleNamespace(map_array=map_array)
 
-    monkeypatch.setattr(sweep, "executor_for", executor_for)
-    errors = sweep._run_wave(wave, Store(tmp_path), "slurm", LauncherConfig())
-    assert sorted(arrays) == [(kind, sorted(n.id for n in wave if (n.stage in sweep.TRAINING_STAGES) == kind))
+    monkeypatch.setattr(launch, "executor_for", executor_for)
+    errors = launch._run_wave(wave, Store(tmp_path), "slurm", LauncherConfig())
+    assert sorted(arrays) == [(kind, sorted(n.id for n in wave if n.training == kind))
                               for kind in (False, True)]
     assert set(errors) == {wave[0].key, wave[1].key}
-    assert errors[wave[0].key] == sweep.USER_ERROR + "UserError: bad value; fix it"
+    assert errors[wave[0].key] == launch.USER_ERROR + "UserError: bad value; fix it"
     assert "RuntimeError (job job-" in errors[wave[1].key] and f"log of {wave[1].id}" in errors[wave[1].key]
 
 
@@ -234,17 +236,17 @@ def test_slurm_executor_gets_the_launcher_block(tmp_path):
 
     launcher = LauncherConfig(partition="gpu", gpus_per_node=4, tasks_per_node=4, cpus_per_task=10, mem_gb=240,
                               timeout_min=4320, array_parallelism=16, account="proj", qos="high", max_num_timeout=5)
-    train = sweep.executor_for("slurm", launcher, tmp_path, training=True)
+    train = launch.executor_for("slurm", launcher, tmp_path, training=True)
     assert train.cluster == "slurm" and train._executor.max_num_timeout == 5
     script = _make_sbatch_string(command="run", folder=tmp_path, map_count=40, **train._executor.parameters)
     for flag in ("--partition=gpu", "--gpus-per-node=4", "--ntasks-per-node=4", "--cpus-per-task=10", "--mem=240GB",
                  "--time=4320", "--array=0-39%16", "--account=proj", "--qos=high"):
         assert f"#SBATCH {flag}\n" in script
     assert "\nexport OMP_NUM_THREADS=10\n" in script
-    other = sweep.executor_for("slurm", LauncherConfig(tasks_per_node=4), tmp_path, training=False)
+    other = launch.executor_for("slurm", LauncherConfig(tasks_per_node=4), tmp_path, training=False)
     script = _make_sbatch_string(command="run", folder=tmp_path, **other._executor.parameters)
     assert "#SBATCH --ntasks-per-node=1\n" in script and "gpus" not in script and "--partition" not in script
-    gpu_stage = sweep.executor_for("slurm", launcher, tmp_path, training=False)  # e.g. feature extraction
+    gpu_stage = launch.executor_for("slurm", launcher, tmp_path, training=False)  # e.g. feature extraction
     script = _make_sbatch_string(command="run", folder=tmp_path, **gpu_stage._executor.parameters)
     assert "#SBATCH --ntasks-per-node=1\n" in script and "#SBATCH --gpus-per-node=1\n" in script
 
@@ -292,7 +294,7 @@ def checkpoint_written(root: Path):
 def vq_root(micro, root: Path) -> set[str]:
     """A root holding the reference's artifacts of the VQGAN-AR run but its GPT and everything made from the GPT
     (what an earlier sweep left); returns the ids of those five, the artifacts left to compute."""
-    plan = sweep.make_plan(load_sweep(MICRO, "smoke", FAST_SETS + ["generator=vqgan_ar"]))
+    plan = dag.make_plan(load_sweep(MICRO, "smoke", FAST_SETS + ["generator=vqgan_ar"]))
     gpt = plan.dags[plan.sweep.runs[0].run_id]["gpt"]
     nodes = [n for wave in plan.waves for n in wave]
     todo = {n.id for n in nodes if gpt.key in {a.key for a in ancestors([n])}}
@@ -372,7 +374,7 @@ def test_failed_cell_is_retried_then_reported_and_its_descendants_skipped(micro,
     argv = [str(MICRO), "--profile", "smoke", "--root", str(micro.root), "--results", str(tmp_path),
             "--cluster", "debug", *FAST, *[a for kv in sets for a in ("--set", kv)]]
     assert sweep.main(argv) == (2 if isinstance(error, UserError) else 1)  # a user error: exit 2, as validate
-    plan = sweep.make_plan(load_sweep(MICRO, "smoke", FAST_SETS + sets))
+    plan = dag.make_plan(load_sweep(MICRO, "smoke", FAST_SETS + sets))
     store = Store(micro.root)
     failing_runs = [r.run_id for r in plan.sweep.runs if r.cfg.generator != "ldm"]
     assert sorted(Counter(calls).values()) == [tries, tries]  # both sample nodes, each 1 + retries (UserError: once)
@@ -384,7 +386,7 @@ def test_failed_cell_is_retried_then_reported_and_its_descendants_skipped(micro,
     out = tmp_path / "micro" / "smoke"
     failed_md = (out / "failed.md").read_text()
     assert all(rid in failed_md for rid in failing_runs) and str(error).split(";")[0] in failed_md
-    rows = [json.loads(p.read_text()) for p in sweep.rows_dir(store, "micro", "smoke").glob("*.json")]
+    rows = [json.loads(p.read_text()) for p in rows_dir(store, "micro", "smoke").glob("*.json")]
     assert sorted(r["run_id"] for r in rows if "error" in r) == sorted(failing_runs)
     assert all(r["stage"] == "sample" for r in rows if "error" in r)
     assert list(pd.read_csv(out / "results.csv").query("row_kind == 'run'")["generator"]) == ["ldm"]

@@ -187,7 +187,7 @@ def test_store_never_leaves_its_root(trick, tmp_path):
 
 
 def test_rows_dir_refuses_a_sweep_name_outside_the_root(tmp_path):
-    from digit_bench.sweep import rows_dir
+    from digit_bench.engine.rows import rows_dir
 
     with pytest.raises(UserError, match="not a plain name"):
         rows_dir(Store(tmp_path / "r"), "../../victim", "smoke")

@@ -4,23 +4,33 @@ dropout (classifier-free guidance) and EMA, through the shared training loop (re
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from digit_bench.artifacts import Artifact
-from digit_bench.config import LDMConfig, build
-from digit_bench.stages.common import device_info
+from digit_bench.config import LDMConfig
+from digit_bench.loaders import device_info
 
-VERSION = 1
+VERSION = 2
+KIND = "train"  # trains a model: a launcher job of tasks_per_node tasks (DDP)
 RESUMABLE = True
 
 
-def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
+@dataclass(frozen=True)
+class Cfg:
+    """Parent: latents."""
+
+    ldm: LDMConfig
+    seed: int
+
+
+def compute(cfg: Cfg, parents: dict[str, Artifact], out: Path) -> dict:
     from digit_bench.models.ldm import train_ldm
 
     lat = parents["latents"]
     latents = np.load(lat / "latents.npy", mmap_mode="r")  # (N, C, h, w)
-    _, stats = train_ldm(latents, np.load(lat / "labels.npy"), build(LDMConfig, cfg["ldm"]), out, cfg["seed"],
+    _, stats = train_ldm(latents, np.load(lat / "labels.npy"), cfg.ldm, out, cfg.seed,
                          lat.manifest["num_classes"])
     return {**stats, **device_info()}

@@ -10,32 +10,43 @@ Output: `metrics.json`, one flat row.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from digit_bench.artifacts import Artifact
 from digit_bench.errors import UserError
-from digit_bench.stages.common import device_info, save_json
-from digit_bench.stages.reference import extractor_for
+from digit_bench.loaders import device_info, load_extractor, save_json
 
-VERSION = 2
+VERSION = 3
+KIND = "infer"  # one task
 RESUMABLE = False
 
 
-def samples_to_metrics(images: np.ndarray, cfg: dict, parents: dict[str, Artifact]) -> dict:
+@dataclass(frozen=True)
+class Cfg:
+    """Parents: images, reference_<extractor> for each extractor, [classifier] (local judge or class_acc)."""
+
+    eval: dict  # config.EvalConfig fields but local_train (the classifier's, a parent)
+    extractors: tuple[str, ...]
+    tokenizer_backbone: str  # what the circularity guard compares the extractors with
+    seed: int  # the bootstrap's
+
+
+def samples_to_metrics(images: np.ndarray, cfg: Cfg, parents: dict[str, Artifact]) -> dict:
     from digit_bench.eval.fidelity import circular, compute_metrics, load_reference
 
-    ev = cfg["eval"]
-    flags = {e: circular(cfg["tokenizer_backbone"], e) for e in cfg["extractors"]}
+    ev = cfg.eval
+    flags = {e: circular(cfg.tokenizer_backbone, e) for e in cfg.extractors}
     if all(flags.values()):
         raise UserError(f"every FD extractor ({', '.join(flags)}) shares the tokenizer backbone's family "
-                        f"({cfg['tokenizer_backbone']}); add an independent one, e.g. eval.extra_extractors: [inception]")
+                        f"({cfg.tokenizer_backbone}); add an independent one, e.g. eval.extra_extractors: [inception]")
     row: dict = {"circular": any(flags.values()), **{f"circular_{e}": c for e, c in flags.items()}}
-    for name in cfg["extractors"]:
+    for name in cfg.extractors:
         ref_art = parents[f"reference_{name}"]
         ref_meta = ref_art.manifest
-        extractor = extractor_for(name, ev["weights"], parents)
+        extractor = load_extractor(name, ev["weights"], parents)
         if ref_meta["kind"] == "npz":
             ref = load_reference(f"npz:{ref_meta['file']}")
             ref_id = f"npz:{ref_meta['file']}#{ref_meta['sha256']}"
@@ -44,11 +55,11 @@ def samples_to_metrics(images: np.ndarray, cfg: dict, parents: dict[str, Artifac
         full = ref.features is not None
         row.update(compute_metrics(images, ref, extractor, isc=extractor.logits_layer is not None, fid=True, kid=full,
                                    prc=full, kid_subset_size=ev["kid_subset_size"], prc_neighborhood=ev["prc_neighborhood"],
-                                   bootstrap=ev["bootstrap"], seed=cfg["seed"], reference_id=ref_id))
+                                   bootstrap=ev["bootstrap"], seed=cfg.seed, reference_id=ref_id))
     return row
 
 
-def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
+def compute(cfg: Cfg, parents: dict[str, Artifact], out: Path) -> dict:
     from digit_bench.eval.fidelity import class_accuracy
     from digit_bench.models.classifier import load_classifier
 

@@ -8,16 +8,19 @@ with RandomCrop(224) + flip but tokenises with a 256->224 resize; we keep one tr
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from digit_bench.artifacts import Artifact
-from digit_bench.config import DataConfig, build
+from digit_bench.config import DataConfig, FeaturesConfig
+from digit_bench.contracts import SPEED
 from digit_bench.data import load_split
-from digit_bench.stages.common import backbone_from, device, device_info, load_json, save_json
+from digit_bench.loaders import device, device_info, load_backbone, load_json, save_json
 
-VERSION = 1
+VERSION = 2
+KIND = "infer"  # one task
 RESUMABLE = True
 CHUNK = 2048  # images between progress records
 
@@ -46,11 +49,21 @@ def images_to_features(backbone, images, index: np.ndarray, out: Path, batch_siz
     return feats
 
 
-def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
-    split = load_split(build(DataConfig, cfg["data"]), cfg["features"]["split"])
-    index = kept_indices(len(split), cfg["features"]["fraction"], cfg["features"]["seed"])
-    backbone = backbone_from(cfg, parents)
-    feats = images_to_features(backbone, split.images, index, out, cfg["batch_size"])
+@dataclass(frozen=True)
+class Cfg:
+    """Parent: [ssl] (a backbone trained here)."""
+
+    data: DataConfig
+    backbone: dict  # config.BackboneConfig fields but batch_size (a speed setting, below)
+    features: FeaturesConfig
+    batch_size: int = field(default=256, metadata=SPEED)
+
+
+def compute(cfg: Cfg, parents: dict[str, Artifact], out: Path) -> dict:
+    split = load_split(cfg.data, cfg.features.split)
+    index = kept_indices(len(split), cfg.features.fraction, cfg.features.seed)
+    backbone = load_backbone(cfg.backbone, parents)
+    feats = images_to_features(backbone, split.images, index, out, cfg.batch_size)
     np.save(out / "index.npy", index)
     (out / "progress.json").unlink()
     return {"shape": list(feats.shape), "dtype": "float16", "num_images": len(index), "split_size": len(split),

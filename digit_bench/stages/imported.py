@@ -13,7 +13,8 @@ from pathlib import Path
 from digit_bench.artifacts import Artifact
 from digit_bench.errors import UserError
 
-VERSION = 1
+VERSION = 2
+KIND = "infer"  # one task
 RESUMABLE = False
 
 

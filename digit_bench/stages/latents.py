@@ -5,28 +5,36 @@ does not grow with N), `labels.npy`; the scaling factor is in the manifest.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from digit_bench.artifacts import Artifact
-from digit_bench.config import DataConfig, build
+from digit_bench.config import DataConfig
 from digit_bench.data import load_split
-from digit_bench.stages.common import device_info
-from digit_bench.stages.vae import load_vae_artifact
+from digit_bench.loaders import device_info, load_vae
 
-VERSION = 1
+VERSION = 2
+KIND = "infer"  # one task
 RESUMABLE = False
 BATCH = 256  # images per VAE forward
 
 
-def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
+@dataclass(frozen=True)
+class Cfg:
+    """Parent: vae."""
+
+    data: DataConfig
+
+
+def compute(cfg: Cfg, parents: dict[str, Artifact], out: Path) -> dict:
     from digit_bench.data import iter_batches
     from digit_bench.models.ldm import to_model_range
 
-    train = load_split(build(DataConfig, cfg["data"]), "train")
-    vae = load_vae_artifact(parents["vae"]).eval()
+    train = load_split(cfg.data, "train")
+    vae = load_vae(parents["vae"]).eval()
     dev = next(vae.parameters()).device
     latents, start, total, total_sq = None, 0, 0.0, 0.0
     with torch.no_grad():

@@ -7,22 +7,31 @@ the manifest; `backbone.pt` is what the `dino_tiny` / `mae_tiny` / `sup_tiny` ba
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from digit_bench.artifacts import Artifact
-from digit_bench.config import DataConfig, SSLConfig, build
+from digit_bench.config import DataConfig, SSLConfig
 from digit_bench.data import load_split
-from digit_bench.stages.common import device_info
+from digit_bench.loaders import device_info
 
-VERSION = 1
+VERSION = 2
+KIND = "train"  # trains a model: a launcher job of tasks_per_node tasks (DDP)
 RESUMABLE = True
 
 
-def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
+@dataclass(frozen=True)
+class Cfg:
+    method: str  # dino | mae | sup
+    data: DataConfig
+    ssl: SSLConfig
+    seed: int  # backbone.init_seed
+
+
+def compute(cfg: Cfg, parents: dict[str, Artifact], out: Path) -> dict:
     from digit_bench.ssl import pretrain
 
-    data = build(DataConfig, cfg["data"])
-    train, val = load_split(data, "train"), load_split(data, "val")
-    stats = pretrain(cfg["method"], train.images, train.labels, build(SSLConfig, cfg["ssl"]), out, cfg["seed"],
+    train, val = load_split(cfg.data, "train"), load_split(cfg.data, "val")
+    stats = pretrain(cfg.method, train.images, train.labels, cfg.ssl, out, cfg.seed,
                      eval_images=val.images, eval_labels=val.labels)  # batches decoded as drawn
-    return {**stats, "method": cfg["method"], **device_info()}
+    return {**stats, "method": cfg.method, **device_info()}

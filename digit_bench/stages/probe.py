@@ -19,9 +19,10 @@ import torch
 from tqdm import tqdm
 
 from digit_bench.artifacts import Artifact
-from digit_bench.stages.common import device, device_info, load_gpt, save_json
+from digit_bench.loaders import device, device_info, load_gpt, save_json
 
-VERSION = 2
+VERSION = 3
+KIND = "infer"  # one task
 RESUMABLE = False
 
 

@@ -9,27 +9,21 @@ and hash go to the manifest. Keyed by extractor and its weights, so a reference 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 from digit_bench.artifacts import Artifact
-from digit_bench.config import DataConfig, build
+from digit_bench.config import DataConfig
 from digit_bench.data import load_split
 from digit_bench.errors import UserError
-from digit_bench.stages.common import device_info
+from digit_bench.loaders import device_info, load_extractor
 
-VERSION = 1
+VERSION = 2
+KIND = "infer"  # one task
 RESUMABLE = False
-
-
-def extractor_for(name: str, weights: str | None, parents: dict[str, Artifact]):
-    """The resolved extractor; `local` takes its classifier from the `classifier` parent."""
-    from digit_bench.registry import EXTRACTORS
-
-    if name == "local":
-        weights = str(parents["classifier"] / "classifier.pt")
-    return EXTRACTORS.get(name)(weights=weights)
 
 
 def parse_reference(ref: str) -> tuple[str, str, str]:
@@ -42,16 +36,28 @@ def parse_reference(ref: str) -> tuple[str, str, str]:
     raise UserError(f"eval.reference {ref!r}: use dataset:<name>:<train|val|test> or npz:<file>")
 
 
-def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
+@dataclass(frozen=True)
+class Cfg:
+    """The eval fields of the real side; parent: [classifier] (the local extractor)."""
+
+    data: DataConfig
+    reference: str  # dataset:<name>:<split> | npz:<file>
+    extractor: str
+    num_reference: Optional[int]
+    weights: Optional[str]  # extractor weight file
+    resize: str  # eval.reference_resize
+
+
+def compute(cfg: Cfg, parents: dict[str, Artifact], out: Path) -> dict:
     from digit_bench.eval.fidelity import file_sha256, reference_features, save_reference
 
-    kind, name, split = parse_reference(cfg["reference"])
+    kind, name, split = parse_reference(cfg.reference)
     if kind == "npz":
         return {"kind": "npz", "file": name, "sha256": file_sha256(Path(name))}
-    extractor = extractor_for(cfg["extractor"], cfg["weights"], parents)
-    data = dataclasses.replace(build(DataConfig, cfg["data"]), name=name, num_test=cfg["num_reference"])
-    part = load_split(data, split, resize=cfg["resize"])
-    n = len(part) if cfg["num_reference"] is None else min(cfg["num_reference"], len(part))
+    extractor = load_extractor(cfg.extractor, cfg.weights, parents)
+    data = dataclasses.replace(cfg.data, name=name, num_test=cfg.num_reference)
+    part = load_split(data, split, resize=cfg.resize)
+    n = len(part) if cfg.num_reference is None else min(cfg.num_reference, len(part))
     ref = reference_features(part.images.subset(np.arange(n)), extractor)  # folder images decoded as they are read
     save_reference(ref, out / "reference.pt")
     return {"kind": "dataset", "num_images": n, "extractor": extractor.name, "weights_sha256": extractor.weights_sha256,

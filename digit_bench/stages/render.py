@@ -12,19 +12,21 @@ Sample i of the stage-2 decoder uses seed `sample_seed + i`, whatever the batch 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from digit_bench.artifacts import Artifact
+from digit_bench.contracts import SPEED
 from digit_bench.data import to_grey
-from digit_bench.stages.common import device, device_info
-from digit_bench.stages.stage2 import load_decoder
-from digit_bench.stages.vqgan import load_vqgan
+from digit_bench.loaders import device, device_info, load_decoder, load_vqgan
 
-VERSION = 1
+VERSION = 2
+KIND = "infer"  # one task
 RESUMABLE = False
 
 
@@ -46,22 +48,34 @@ def tokens_to_images(tokens: np.ndarray, vqgan, decoder=None, kind: str = "", s2
     return np.concatenate(out)
 
 
-def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
+@dataclass(frozen=True)
+class Cfg:
+    """Parents: vqgan and samples (source samples) or tokens (the ceilings), [stage2] (DiGIT tokens)."""
+
+    source: str  # samples | ground_truth | reconstruction
+    grey: bool  # grey data set: grey (R=G=B) images
+    split: Optional[str] = None  # the held-out split a ceiling re-renders (eval.ceiling_split)
+    stage2: Optional[dict] = None  # the stage-2 decoding settings (top_p, temperature, maskgit_steps, choice_temperature)
+    sample_seed: int = 0  # sample i of the stage-2 decoder uses seed sample_seed + i
+    batch_size: int = field(default=100, metadata=SPEED)
+
+
+def compute(cfg: Cfg, parents: dict[str, Artifact], out: Path) -> dict:
     from digit_bench.eval.grids import save_grid
 
     vqgan = load_vqgan(parents["vqgan"])
-    if cfg["source"] == "samples":
+    if cfg.source == "samples":
         tokens, labels = np.load(parents["samples"] / "tokens.npy"), np.load(parents["samples"] / "labels.npy")
     else:  # held-out images (eval.ceiling_split), identity view
-        tokens = np.load(parents["tokens"] / f"tokens_{cfg['split']}.npy", mmap_mode="r")[0]  # (N, T)
-        labels = np.load(parents["tokens"] / f"labels_{cfg['split']}.npy")
+        tokens = np.load(parents["tokens"] / f"tokens_{cfg.split}.npy", mmap_mode="r")[0]  # (N, T)
+        labels = np.load(parents["tokens"] / f"labels_{cfg.split}.npy")
     kind, decoder = load_decoder(parents["stage2"]) if "stage2" in parents else ("", None)
-    images = tokens_to_images(np.asarray(tokens), vqgan, decoder, kind, cfg.get("stage2"), cfg.get("sample_seed", 0),
-                              cfg["batch_size"])  # (N, H, W, 3)
-    if cfg.get("grey"):
+    images = tokens_to_images(np.asarray(tokens), vqgan, decoder, kind, cfg.stage2, cfg.sample_seed,
+                              cfg.batch_size)  # (N, H, W, 3)
+    if cfg.grey:
         images = to_grey(images)
     np.savez(out / "images.npz", images=images, labels=labels)
-    labelled = cfg["source"] != "samples" or parents["samples"].manifest["conditional"]
+    labelled = cfg.source != "samples" or parents["samples"].manifest["conditional"]
     save_grid(images[:64], out / "grid.png", labels[:64] if labelled else None)
-    return {"shape": list(images.shape), "source": cfg["source"], "decoder": kind or "vqgan",
-            "conditional": cfg["source"] == "samples" and parents["samples"].manifest["conditional"], **device_info()}
+    return {"shape": list(images.shape), "source": cfg.source, "decoder": kind or "vqgan",
+            "conditional": cfg.source == "samples" and parents["samples"].manifest["conditional"], **device_info()}

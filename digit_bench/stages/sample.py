@@ -9,6 +9,8 @@ Output: `tokens.npy` uint16 (N, T) and `labels.npy` int64 (N,); grid and vocabul
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +18,11 @@ import torch
 from tqdm import tqdm
 
 from digit_bench.artifacts import Artifact
-from digit_bench.stages.common import device, device_info, load_gpt
+from digit_bench.contracts import SPEED
+from digit_bench.loaders import device, device_info, load_gpt
 
-VERSION = 1
+VERSION = 2
+KIND = "infer"  # one task
 RESUMABLE = False
 
 
@@ -48,7 +52,21 @@ def checkpoint_to_samples(model, num: int, cfg: dict, num_classes: int,
     return out, labels.astype(np.int64)
 
 
-def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
+@dataclass(frozen=True)
+class Cfg:
+    """config.SampleConfig, its batch size a speed setting. Parents: gpt, [prompts] (tokens, when prefix_len > 0)."""
+
+    num_samples: int
+    top_k: int
+    top_p: float
+    temperature: float
+    cfg_scale: float
+    seed: int
+    prefix_len: int
+    batch_size: int = field(default=256, metadata=SPEED)
+
+
+def compute(cfg: Cfg, parents: dict[str, Artifact], out: Path) -> dict:
     gpt = parents["gpt"]
     meta = gpt.manifest
     model = load_gpt(gpt)
@@ -56,8 +74,7 @@ def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
     if "prompts" in parents:  # view 0 (identity) of the val split: held out from training and from the FD reference
         prompts = (np.load(parents["prompts"] / "tokens_val.npy", mmap_mode="r")[0],  # (M, T)
                    np.load(parents["prompts"] / "labels_val.npy"))  # (M,)
-    tokens, labels = checkpoint_to_samples(model, cfg["sample"]["num_samples"], cfg["sample"], meta["num_classes"],
-                                           prompts)
+    tokens, labels = checkpoint_to_samples(model, cfg.num_samples, dataclasses.asdict(cfg), meta["num_classes"], prompts)
     np.save(out / "tokens.npy", tokens)
     np.save(out / "labels.npy", labels)
     return {"shape": list(tokens.shape), "conditional": model.cfg.num_classes > 0, **{k: meta[k] for k in ("vocab_size", "seq_len", "grid", "tokenizer", "num_classes",

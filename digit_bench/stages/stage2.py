@@ -8,37 +8,19 @@ and VQ token artifacts, through the shared training loop. Output: ckpt.pt and mo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from digit_bench.artifacts import Artifact
-from digit_bench.config import Stage2Config, build
-from digit_bench.stages.common import device, device_info, load_json, save_json
+from digit_bench.config import Stage2Config
+from digit_bench.loaders import build_decoder, device, device_info, save_json
 
-VERSION = 1
+VERSION = 2
+KIND = "train"  # trains a model: a launcher job of tasks_per_node tasks (DDP)
 RESUMABLE = True
-
-
-def build_decoder(kind: str, arch: dict):
-    """The stage-2 model of `kind` from its architecture dict (model.json)."""
-    if kind == "ar":
-        from digit_bench.models.gpt import GPT, GPTConfig
-
-        return GPT(GPTConfig(**arch))
-    from digit_bench.models.maskgit import MaskGIT, MaskGITConfig
-
-    return MaskGIT(MaskGITConfig(**arch))
-
-
-def load_decoder(art: Artifact):
-    from digit_bench.training import load_checkpoint
-
-    meta = load_json(art / "model.json")
-    model = build_decoder(meta["kind"], meta["arch"])
-    model.load_state_dict(load_checkpoint(art / "ckpt.pt")["model"])
-    return meta["kind"], model.to(device()).eval()
 
 
 def decoder_arch(s2: Stage2Config, digit: dict, vq: dict) -> dict:
@@ -53,12 +35,20 @@ def decoder_arch(s2: Stage2Config, digit: dict, vq: dict) -> dict:
                 prefix_len=digit["seq_len"], dropout=0.1)
 
 
-def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
+@dataclass(frozen=True)
+class Cfg:
+    """Parents: tokens (DiGIT), vq_tokens."""
+
+    stage2: Stage2Config  # its decoding fields left at their defaults: they key the rendered images, not this model
+    seed: int
+
+
+def compute(cfg: Cfg, parents: dict[str, Artifact], out: Path) -> dict:
     from digit_bench.models.gpt import GPT_SIZES
     from digit_bench.models.maskgit import random_mask
     from digit_bench.training import fit, seeded_init, shard, step_rng
 
-    s2 = build(Stage2Config, cfg["stage2"])
+    s2 = cfg.stage2
     if s2.size not in GPT_SIZES:
         from digit_bench.models.gpt import gpt_config
 
@@ -70,7 +60,7 @@ def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
         raise ValueError(f"token artifacts are not aligned: {prefix_all.shape} vs {target_all.shape}")
     arch = decoder_arch(s2, digit.manifest, vq.manifest)
     save_json(out / "model.json", {"kind": s2.kind, "arch": arch})
-    seed, tcfg = cfg["seed"], s2.train
+    seed, tcfg = cfg.seed, s2.train
     with seeded_init(seed):
         model = build_decoder(s2.kind, arch)
     model = model.to(device())

@@ -8,6 +8,7 @@ here, never from a repeated flag. Same transform as the feature dump (the backbo
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +16,15 @@ import torch
 from tqdm import tqdm
 
 from digit_bench.artifacts import Artifact
-from digit_bench.config import DataConfig, build
+from digit_bench.config import DataConfig
+from digit_bench.contracts import SPEED
 from digit_bench.data import load_split
 from digit_bench.errors import UserError
-from digit_bench.stages.common import backbone_from, device, device_info
+from digit_bench.loaders import TOKEN_SPLITS, device, device_info, load_backbone
 
-VERSION = 1
+VERSION = 2
+KIND = "infer"  # one task
 RESUMABLE = False
-SPLITS = ("train", "val", "test")
 
 
 @torch.no_grad()
@@ -63,22 +65,33 @@ def images_to_tokens(backbone, centroids: np.ndarray, images, views: list[str], 
     return tokens, pooled
 
 
-def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
+@dataclass(frozen=True)
+class Cfg:
+    """Parents: centroids (cluster or imported), [ssl]."""
+
+    data: DataConfig
+    backbone: dict  # config.BackboneConfig fields but batch_size (a speed setting, below)
+    views: tuple[str, ...]
+    spherical: bool
+    batch_size: int = field(default=256, metadata=SPEED)
+
+
+def compute(cfg: Cfg, parents: dict[str, Artifact], out: Path) -> dict:
     centroids = np.load(parents["centroids"] / "centroids.npy")  # (K, D)
-    backbone = backbone_from(cfg, parents)
+    backbone = load_backbone(cfg.backbone, parents)
     if centroids.shape[1] != backbone.embed_dim:
         raise UserError(f"centroids {parents['centroids'].id} are {centroids.shape[1]}-d but backbone "
-                        f"{cfg['backbone']['name']} gives {backbone.embed_dim}-d features; use centroids fit on this "
+                        f"{cfg.backbone['name']} gives {backbone.embed_dim}-d features; use centroids fit on this "
                         f"backbone's features (the released km_8k.npy: dinov2_vitb14_reg4, 768-d)")
-    data = build(DataConfig, cfg["data"])
-    backend = parents["centroids"].manifest["config"]["backend"]
+    data = cfg.data
+    backend = parents["centroids"].manifest["backend"]
     counts = {}
-    for split in SPLITS:
+    for split in TOKEN_SPLITS:
         part = load_split(data, split)
-        images_to_tokens(backbone, centroids, part.images, cfg["views"], cfg["batch_size"], backend=backend,
-                         spherical=cfg["spherical"], desc=f"tokens {split}", out=out, split=split)
+        images_to_tokens(backbone, centroids, part.images, list(cfg.views), cfg.batch_size, backend=backend,
+                         spherical=cfg.spherical, desc=f"tokens {split}", out=out, split=split)
         np.save(out / f"labels_{split}.npy", part.labels)
         counts[split] = len(part)
     return {"tokenizer": "kmeans", "vocab_size": len(centroids), "grid": backbone.grid, "seq_len": backbone.num_tokens,
-            "views": cfg["views"], "counts": counts, "num_classes": part.num_classes, "embed_dim": backbone.embed_dim,
+            "views": list(cfg.views), "counts": counts, "num_classes": part.num_classes, "embed_dim": backbone.embed_dim,
             "image_size": data.image_size, **device_info()}

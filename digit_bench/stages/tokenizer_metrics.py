@@ -3,24 +3,29 @@
 - codebook usage, perplexity and dead codes of the test tokens;
 - stability: Gaussian pixel noise at each SNR (dB) on held-out test images -> fraction of tokens that change and
   cosine similarity of the pre-quantisation features (definition in tokenizers/stability.py);
-- K-Means only: seed agreement (adjusted Rand index between the assignments of this codebook and one fitted with
-  seed + 1 on the same sample of features) and Acc@OL, the linear probe of the backbone's own mean-pooled features.
-Works for K-Means tokens (parents: tokens, centroids, features, backbone) and VQGAN tokens (parents: tokens, vqgan).
+- K-Means only: seed agreement (adjusted Rand index between the assignments of this codebook and of the
+  `reseeded_centroids` parent, a cluster artifact fitted with seed + 1 on the same features; absent for imported
+  centroids) and Acc@OL, the linear probe of the backbone's own mean-pooled features.
+Works for K-Means tokens (parents: tokens, centroids, [reseeded_centroids], [ssl]; the backbone config is this
+stage's own input) and VQGAN tokens (parents: tokens, vqgan).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 
 from digit_bench.artifacts import Artifact
-from digit_bench.config import DataConfig, build
+from digit_bench.config import DataConfig, ProbeConfig, StabilityConfig
 from digit_bench.data import load_split
-from digit_bench.stages.common import backbone_from, device, device_info, save_json
+from digit_bench.loaders import device, device_info, load_backbone, load_vqgan, save_json
 
-VERSION = 2
+VERSION = 3
+KIND = "infer"  # one task
 RESUMABLE = False
 
 
@@ -52,49 +57,55 @@ def vqgan_encoder(vqgan):
     return encode
 
 
-def seed_agreement(features: Artifact, centroids: np.ndarray, cfg: dict, images: np.ndarray, encode) -> float:
-    """Adjusted Rand index of test-patch assignments under this codebook and one fitted with seed + 1."""
-    from digit_bench.stages.cluster import features_to_centroids
+def seed_agreement(other: np.ndarray, backend: str, spherical: bool, images: np.ndarray, encode) -> float:
+    """Adjusted Rand index of test-patch assignments under this codebook and the centroids `other` (K, D)."""
     from digit_bench.tokenizers.kmeans import adjusted_rand, assign
 
-    other, _ = features_to_centroids(np.load(features / "feats.npy", mmap_mode="r"), {**cfg, "seed": cfg["seed"] + 1})
     feats, tokens = encode(torch.from_numpy(images))  # (B, T, D), (B, T)
-    flat = feats.reshape(-1, feats.shape[-1]).numpy()
-    return float(adjusted_rand(tokens.flatten().numpy(), assign(flat, other, backend=cfg["backend"], spherical=cfg["spherical"])))
+    flat = feats.reshape(-1, feats.shape[-1]).numpy()  # (B*T, D)
+    return float(adjusted_rand(tokens.flatten().numpy(), assign(flat, other, backend=backend, spherical=spherical)))
 
 
-def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
+@dataclass(frozen=True)
+class Cfg:
+    """Parents: tokens and either vqgan, or centroids + [reseeded_centroids] + [ssl]."""
+
+    stability: StabilityConfig
+    data: DataConfig
+    probe: ProbeConfig  # Acc@OL's probe settings (K-Means tokens)
+    backbone: Optional[dict] = None  # K-Means tokens: config.BackboneConfig fields but batch_size; VQ tokens: None
+
+
+def compute(cfg: Cfg, parents: dict[str, Artifact], out: Path) -> dict:
     from digit_bench.tokenizers.kmeans import codebook_stats
     from digit_bench.tokenizers.stability import stability
 
     tok = parents["tokens"]
     meta = tok.manifest
-    st = cfg["stability"]
-    test = load_split(build(DataConfig, cfg["data"]), "test")
-    pick = np.sort(np.random.default_rng(st["seed"]).choice(len(test), min(st["num_images"], len(test)), replace=False))
+    st = cfg.stability
+    test = load_split(cfg.data, "test")
+    pick = np.sort(np.random.default_rng(st.seed).choice(len(test), min(st.num_images, len(test)), replace=False))
     images = test.images[pick]  # (n, H, W, 3) uint8
     row = codebook_stats(np.load(tok / "tokens_test.npy")[0], meta["vocab_size"])
     if "vqgan" in parents:
-        from digit_bench.stages.vqgan import load_vqgan
-
         encode = vqgan_encoder(load_vqgan(parents["vqgan"]))
     else:
         from digit_bench.eval.linear_probe import train_linear_probes
 
         centroids = np.load(parents["centroids"] / "centroids.npy")
-        kcfg = parents["centroids"].manifest["config"]
-        encode = kmeans_encoder(backbone_from(parents["features"].manifest["config"], parents), centroids,
-                                kcfg["backend"], kcfg["spherical"])
-        if "niter" in kcfg:  # fit here (imported centroids have no K-Means settings to refit with)
-            row["kmeans_seed_ari"] = seed_agreement(parents["features"], centroids, kcfg, images, encode)
-        pc = cfg["probe"]
+        backend, spherical = parents["centroids"].manifest["backend"], parents["centroids"].manifest["spherical"]
+        encode = kmeans_encoder(load_backbone(cfg.backbone, parents), centroids, backend, spherical)
+        if "reseeded_centroids" in parents:
+            row["kmeans_seed_ari"] = seed_agreement(np.load(parents["reseeded_centroids"] / "centroids.npy"), backend,
+                                                    spherical, images, encode)
+        pc = cfg.probe
         ol = train_linear_probes([torch.from_numpy(np.load(tok / "pooled_train.npy").astype(np.float32))],
                                  torch.from_numpy(np.load(tok / "labels_train.npy")),
                                  [torch.from_numpy(np.load(tok / "pooled_test.npy").astype(np.float32))],
                                  torch.from_numpy(np.load(tok / "labels_test.npy")),
-                                 l2s=pc["l2s"], max_iter=pc["max_iter"], holdout_fraction=pc["holdout_fraction"],
+                                 l2s=list(pc.l2s), max_iter=pc.max_iter, holdout_fraction=pc.holdout_fraction,
                                  seed=0, num_classes=meta["num_classes"])
         row["acc_ol"] = ol["probe_top1"]
-    row.update(stability(encode, images, st["snrs_db"], st["seed"]))
+    row.update(stability(encode, images, list(st.snrs_db), st.seed))
     save_json(out / "metrics.json", row)
     return {"num_images": len(images), **device_info()}

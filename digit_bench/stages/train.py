@@ -9,16 +9,18 @@ exactly the batches an uninterrupted one would.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from digit_bench.artifacts import Artifact
-from digit_bench.config import GPTModelConfig, TrainConfig, build
-from digit_bench.stages.common import device, device_info, save_json
+from digit_bench.config import GPTModelConfig, TrainConfig
+from digit_bench.loaders import device, device_info, save_json
 
-VERSION = 1
+VERSION = 2
+KIND = "train"  # trains a model: a launcher job of tasks_per_node tasks (DDP)
 RESUMABLE = True
 
 
@@ -68,12 +70,20 @@ def tokens_to_checkpoint(tokens: np.ndarray, labels: np.ndarray, meta: dict, gcf
     return {**stats, "params": model.num_params(), "flops": model.flops_per_token() * n_tokens}
 
 
-def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
+@dataclass(frozen=True)
+class Cfg:
+    """Parent: tokens (K-Means or VQ)."""
+
+    gpt: GPTModelConfig
+    train: TrainConfig
+    seed: int
+
+
+def compute(cfg: Cfg, parents: dict[str, Artifact], out: Path) -> dict:
     tok = parents["tokens"]
     meta = tok.manifest
     tokens = np.load(tok / "tokens_train.npy", mmap_mode="r")  # (V, N, T) uint16
     labels = np.load(tok / "labels_train.npy")  # (N,)
-    stats = tokens_to_checkpoint(tokens, labels, meta, build(GPTModelConfig, cfg["gpt"]), build(TrainConfig, cfg["train"]),
-                                 out, cfg["seed"])
+    stats = tokens_to_checkpoint(tokens, labels, meta, cfg.gpt, cfg.train, out, cfg.seed)
     return {**stats, **{k: meta[k] for k in ("vocab_size", "seq_len", "grid", "tokenizer", "num_classes", "image_size")},
             **device_info()}

@@ -5,6 +5,7 @@ either without knowing which tokenizer made them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +13,12 @@ import torch
 from tqdm import tqdm
 
 from digit_bench.artifacts import Artifact
-from digit_bench.config import DataConfig, build
+from digit_bench.config import DataConfig
 from digit_bench.data import load_split
-from digit_bench.stages.common import device, device_info
-from digit_bench.stages.tokenize import SPLITS
-from digit_bench.stages.vqgan import load_vqgan
+from digit_bench.loaders import TOKEN_SPLITS, device, device_info, load_vqgan
 
-VERSION = 1
+VERSION = 2
+KIND = "infer"  # one task
 RESUMABLE = False
 
 
@@ -46,17 +46,25 @@ def images_to_vq_tokens(vqgan, images, views: list[str], batch_size: int = 256, 
     return out
 
 
-def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
+@dataclass(frozen=True)
+class Cfg:
+    """Parent: vqgan."""
+
+    data: DataConfig
+    views: tuple[str, ...]  # the K-Means tokens' views (tokenizer.views): stage 2 pairs them
+
+
+def compute(cfg: Cfg, parents: dict[str, Artifact], out: Path) -> dict:
     vqgan = load_vqgan(parents["vqgan"])
-    data = build(DataConfig, cfg["data"])
+    data = cfg.data
     counts = {}
-    for split in SPLITS:
+    for split in TOKEN_SPLITS:
         part = load_split(data, split)
-        tokens = images_to_vq_tokens(vqgan, part.images, cfg["views"], desc=f"vq tokens {split}",
+        tokens = images_to_vq_tokens(vqgan, part.images, list(cfg.views), desc=f"vq tokens {split}",
                                      path=out / f"tokens_{split}.npy")
         np.save(out / f"labels_{split}.npy", part.labels)
         counts[split] = len(part)
     T = tokens.shape[-1]
     return {"tokenizer": "vqgan", "vocab_size": vqgan.quantize.n_embed, "grid": int(round(T ** 0.5)), "seq_len": T,
-            "views": cfg["views"], "counts": counts, "num_classes": part.num_classes, "image_size": data.image_size,
+            "views": list(cfg.views), "counts": counts, "num_classes": part.num_classes, "image_size": data.image_size,
             **device_info()}

@@ -8,33 +8,31 @@ Reconstruction PSNR and codebook usage on val images go to the manifest.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from digit_bench.artifacts import Artifact
-from digit_bench.config import DataConfig, VQGANConfig, build
+from digit_bench.config import DataConfig, VQGANConfig, to_dict
 from digit_bench.data import load_split
-from digit_bench.stages.common import device, device_info, load_json, save_json
+from digit_bench.loaders import device, device_info, save_json
 
-VERSION = 1
+VERSION = 2
+KIND = "train"  # trains a model: a launcher job of tasks_per_node tasks (DDP)
 RESUMABLE = True
 HELD_IMAGES = 256  # val images for reconstruction statistics
 
 
-def load_vqgan(art: Artifact):
-    """The VQGAN of a `vqgan` artifact, in eval mode on the stage device."""
-    from digit_bench.models.vqgan import VQGAN, load_taming_checkpoint
-
-    meta = load_json(art / "vqgan.json")
-    model = VQGAN(build(VQGANConfig, meta["vqgan"]), meta["resolution"], arch=meta["arch"])
-    load_taming_checkpoint(model, meta["weights"] if meta["external"] else art / "vqgan.pt")
-    return model.to(device()).eval()
+@dataclass(frozen=True)
+class Cfg:
+    data: DataConfig
+    vqgan: VQGANConfig
+    seed: int
 
 
-def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
+def compute(cfg: Cfg, parents: dict[str, Artifact], out: Path) -> dict:
     from digit_bench.models.vqgan import VQGAN, load_taming_checkpoint, reconstruction_metrics
 
-    vcfg = build(VQGANConfig, cfg["vqgan"])
-    data = build(DataConfig, cfg["data"])
+    vcfg, data = cfg.vqgan, cfg.data
     held = load_split(data, "val").images[:HELD_IMAGES]
     if vcfg.weights:
         model = VQGAN(vcfg, data.image_size, arch=vcfg.arch)
@@ -44,7 +42,7 @@ def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
         from digit_bench.models.vqgan import train_vqgan
 
         train = load_split(data, "train").images  # batches decoded as drawn: no split held in memory
-        stats = train_vqgan(train, vcfg, out, cfg["seed"], held_images=held, arch=vcfg.arch)
-    save_json(out / "vqgan.json", {"vqgan": cfg["vqgan"], "resolution": data.image_size, "arch": vcfg.arch,
+        stats = train_vqgan(train, vcfg, out, cfg.seed, held_images=held, arch=vcfg.arch)
+    save_json(out / "vqgan.json", {"vqgan": to_dict(vcfg), "resolution": data.image_size, "arch": vcfg.arch,
                                    "external": bool(vcfg.weights), "weights": vcfg.weights or "vqgan.pt"})
     return {**stats, "grid": data.image_size // 2 ** (len(vcfg.ch_mult) - 1), **device_info()}

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_sweep import FAST, FAST_SETS, MICRO, REPO, VQ_ONLY, computed, plan_ids, published  # tests/ is on sys.path
 
-from digit_bench import sweep
 from digit_bench.artifacts import Store
 from digit_bench.config import load_sweep
-from digit_bench.pipeline import compute
-from test_sweep import FAST, FAST_SETS, MICRO, REPO, VQ_ONLY, computed, plan_ids, published  # tests/ is on sys.path
+from digit_bench.engine import dag, launch
+from digit_bench.engine.dag import compute
 
 
 def cluster_problem() -> str | None:
@@ -58,11 +58,11 @@ def wait_for(predicate, timeout_s: float, what: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def vq_base(tmp_path_factory) -> tuple[Path, sweep.Plan]:
+def vq_base(tmp_path_factory) -> tuple[Path, dag.Plan]:
     """A root with the first two waves of the VQGAN-AR micro sweep (VQGAN, VQ tokens, classifier, reference
     statistics, real images), computed in-process once for the module."""
     root = tmp_path_factory.mktemp("vq_base")
-    plan = sweep.make_plan(load_sweep(MICRO, "smoke", FAST_SETS + ["generator=vqgan_ar"]))
+    plan = dag.make_plan(load_sweep(MICRO, "smoke", FAST_SETS + ["generator=vqgan_ar"]))
     for n in plan.waves[0] + plan.waves[1]:
         compute(Store(root), n, log=lambda line: None)
     return root, plan
@@ -96,15 +96,15 @@ def test_slurm_cluster_completes_the_vqgan_ar_micro_sweep_with_job_arrays(vq_bas
 def test_preempted_training_job_is_requeued_and_resumes_bit_identically(vq_base, tmp_path):
     base, _ = vq_base
     sets = ["generator=vqgan_ar", "train.steps=30", "train.checkpoint_every=5", "launcher.mem_gb=2"]
-    plan = sweep.make_plan(load_sweep(MICRO, "smoke", FAST_SETS + sets))
+    plan = dag.make_plan(load_sweep(MICRO, "smoke", FAST_SETS + sets))
     run = plan.sweep.runs[0]
     node = plan.dags[run.run_id]["gpt"]
     slurm_root, ref_root = tmp_path / "slurm", tmp_path / "reference"
     for root in (slurm_root, ref_root):
         shutil.copytree(base, root)
 
-    ex = sweep.executor_for("slurm", run.cfg.launcher, tmp_path / "submitit", training=True)
-    job = ex.submit(sweep.StageJob(str(slurm_root)), node.spec())
+    ex = launch.executor_for("slurm", run.cfg.launcher, tmp_path / "submitit", training=True)
+    job = ex.submit(launch.StageJob(str(slurm_root)), node.spec())
     try:
         work = slurm_root / "train" / f"{node.id}.work"
         wait_for(lambda: (work / "ckpt.pt").exists() or job.done(), 300, "the job's first checkpoint")
@@ -112,7 +112,7 @@ def test_preempted_training_job_is_requeued_and_resumes_bit_identically(vq_base,
         job._interrupt()  # what SLURM does on preemption: SIGTERM, then USR2 -> StageJob.checkpoint -> requeue
         # meanwhile the same node, uninterrupted, in-process in another root
         threads = torch.get_num_threads()
-        torch.set_num_threads(sweep.job_threads("slurm", run.cfg.launcher))  # as in the job: CPU results are bitwise
+        torch.set_num_threads(launch.job_threads("slurm", run.cfg.launcher))  # as in the job: CPU results are bitwise
         try:
             reference = compute(Store(ref_root), node, log=lambda line: None)  # equal only at equal thread counts
         finally:
@@ -150,7 +150,7 @@ def ddp_setup(vq_base, tmp_path: Path, *sets: str):
     two copies of the base root: one for SLURM, one for the one-process reference."""
     sets = ("generator=vqgan_ar", "gpt.dropout=0", "launcher.tasks_per_node=2", "launcher.cpus_per_task=1",
             "launcher.mem_gb=2", *sets)
-    plan = sweep.make_plan(load_sweep(MICRO, "smoke", FAST_SETS + list(sets)))
+    plan = dag.make_plan(load_sweep(MICRO, "smoke", FAST_SETS + list(sets)))
     run = plan.sweep.runs[0]
     roots = tmp_path / "slurm", tmp_path / "reference"
     for root in roots:
@@ -191,7 +191,7 @@ def test_sweep_runs_a_two_task_ddp_training_job_matching_one_process(vq_base, tm
     """Through the sweep's wave runner (a job array of 2-task jobs, outcome read from task 0)."""
     run, node, slurm_root, ref_root = ddp_setup(vq_base, tmp_path)
     reference = one_process(ref_root, node)
-    assert sweep._run_wave([node], Store(slurm_root), "slurm", run.cfg.launcher) == {}
+    assert launch._run_wave([node], Store(slurm_root), "slurm", run.cfg.launcher) == {}
     scripts = [p.read_text() for p in slurm_root.glob("submitit/*/*_submission.sh")]
     assert len(scripts) == 1 and "#SBATCH --ntasks-per-node=2\n" in scripts[0]
     logs = ["".join(p.read_text() for p in slurm_root.glob(f"submitit/*/*_{task}_log.err")) for task in (0, 1)]
@@ -201,8 +201,8 @@ def test_sweep_runs_a_two_task_ddp_training_job_matching_one_process(vq_base, tm
 def test_preempted_two_task_ddp_training_job_resumes_on_both_ranks(vq_base, tmp_path):
     """Requeued after preemption, both ranks resume from rank 0's checkpoint (rank 1 through its scratch link)."""
     run, node, slurm_root, ref_root = ddp_setup(vq_base, tmp_path, "train.steps=30", "train.checkpoint_every=5")
-    ex = sweep.executor_for("slurm", run.cfg.launcher, tmp_path / "submitit", training=True)
-    job = ex.submit(sweep.StageJob(str(slurm_root)), node.spec())
+    ex = launch.executor_for("slurm", run.cfg.launcher, tmp_path / "submitit", training=True)
+    job = ex.submit(launch.StageJob(str(slurm_root)), node.spec())
     try:
         work = slurm_root / "train" / f"{node.id}.work"
         wait_for(lambda: (work / "ckpt.pt").exists() or job.done(), 300, "the job's first checkpoint")
