@@ -1,12 +1,16 @@
 """Stage: linear probe of the frozen stage-1 GPT (the paper's "understanding" score, Table 2 / Fig. 3b).
 
-Each layer's hidden states (embedding output included) are mean-pooled over all T input positions, [BOS | class]
-and the first T-1 tokens, for the identity view of train and test images. The paper pools 257 positions, [eos] +
-all 256 tokens: its GPT is trained with an end token, so the last image token has an input position; ours is
-trained without one and has no position after the last token (the NOTE in models/gpt.py `hidden_states`). One
-logistic regression per layer is solved on train (eval/linear_probe.py), its L2 strength and the reported layer
-chosen on a held-out part of train, and test is only scored.
-Output: `metrics.json` with probe_top1, probe_top5, probe_layer and the per-layer curve.
+Each layer's hidden states (embedding output included) are mean-pooled over all T + 1 input positions, [BOS | class]
+and every one of the T tokens (the last one read at an extra position, models/gpt.py `hidden_states`), as the paper
+pools its 257 positions ([eos] + 256 tokens). Two protocols (`probe.protocol`):
+- `converged` (tiny/smoke default): the identity view of train and test images, one logistic regression per layer
+  solved to convergence on train (eval/linear_probe.py), its L2 strength and the reported layer chosen on a held-out
+  part of train; test is only scored.
+- `paper` (the paper profile, §4 of the released code): the embedding output and blocks 1..L-1, one linear head per
+  layer trained jointly by SGD (lr 0.4, momentum 0.9, no weight decay, cosine to 0) on online RandomResizedCrop +
+  flip views of train images tokenized on the fly (backbone + centroids); test images are the 224/256 centre crop.
+  The reported layer is chosen on a held-out part of train (centre crop), never on test.
+Output: `metrics.json` with probe_top1, probe_top5, probe_layer, probe_protocol and the per-layer curve.
 """
 
 from __future__ import annotations
@@ -21,14 +25,15 @@ from tqdm import tqdm
 from digit_bench.artifacts import Artifact
 from digit_bench.stages.common import device, device_info, load_gpt, save_json
 
-VERSION = 2
+VERSION = 3
 RESUMABLE = False
 
 
 @torch.no_grad()
 def pooled_hidden_states(model, tokens: np.ndarray, rows: np.ndarray | None = None, batch_size: int = 256,
                          out: Path | None = None, name: str = "") -> list[torch.Tensor]:
-    """Per layer, mean-pooled hidden states (N, D) float32 of token sequences tokens[rows] (N, T).
+    """Per layer, hidden states (N, D) float32 of token sequences tokens[rows] (N, T), mean-pooled over all T + 1
+    positions (the last token included).
 
     With `out`, each layer's features are a memory-mapped `out/<name>_L<l>.npy` written batch by batch and returned
     as tensors over those maps: memory does not grow with N, the probe heads read their batches from disk.
@@ -39,7 +44,7 @@ def pooled_hidden_states(model, tokens: np.ndarray, rows: np.ndarray | None = No
         x = torch.from_numpy(np.asarray(tokens[rows[start:start + batch_size]]).astype(np.int64)).to(device())  # (B, T)
         # a class-conditional GPT gets the null class: the true label would hand the probe its answer
         null = (torch.full((len(x),), model.cfg.num_classes, device=x.device) if model.cfg.num_classes else None)  # (B,)
-        states = model.hidden_states(x, null)  # L+1 x (B, T, D)
+        states = model.hidden_states(x, null, last_token=True)  # L+1 x (B, T + 1, D)
         if not per_layer:
             shape = [(len(rows), h.shape[-1]) for h in states]
             per_layer = [np.empty(sh, np.float32) if out is None else
