@@ -267,6 +267,12 @@ def vqgan_nodes(cfg: ExperimentConfig) -> dict[str, Node]:
     return {"vqgan": vqgan, "vq_tokens": vq_tokens}
 
 
+def _probe(cfg: ExperimentConfig) -> dict:
+    """The probe settings; the paper protocol's fields only when it is chosen (converged-probe ids stay as they were)."""
+    d = to_dict(cfg.probe)
+    return d if cfg.probe.protocol == "paper" else {k: d[k] for k in ("enabled", "l2s", "max_iter", "holdout_fraction", "num_train")}
+
+
 def stage1_nodes(cfg: ExperimentConfig, tokens: Node, label: str) -> dict[str, Node]:
     if cfg.gpt.checkpoint:
         gpt = imported_node("gpt", cfg.gpt.checkpoint)
@@ -280,8 +286,10 @@ def stage1_nodes(cfg: ExperimentConfig, tokens: Node, label: str) -> dict[str, N
                    {"sample": _unless_default(to_dict(cfg.sample), prefix_len=0)}, {"gpt": gpt, **prompts})
     out = {"gpt": gpt, "samples": samples}
     if cfg.probe.enabled:
-        out["probe"] = Node("probe", f"{cfg.gpt.size}-{label}-s{cfg.seed}", {"probe": to_dict(cfg.probe), "seed": cfg.seed},
-                            {"gpt": gpt, "tokens": tokens})
+        # the paper protocol tokenizes its augmented views online: it needs the tokenizer (centroids + backbone, or VQGAN)
+        online = {r: p for r, p in tokens.parents.items() if r in ("centroids", "ssl", "vqgan")} if cfg.probe.protocol == "paper" else {}
+        out["probe"] = Node("probe", f"{cfg.gpt.size}-{label}-s{cfg.seed}", {"probe": _probe(cfg), "seed": cfg.seed},
+                            {"gpt": gpt, "tokens": tokens, **online})
     return out
 
 
@@ -296,7 +304,7 @@ def run_dag(cfg: ExperimentConfig) -> dict[str, Node]:
         label = f"{cfg.backbone.name}-k{cfg.tokenizer.k}"
         nodes.update(stage1_nodes(cfg, nodes["tokens"], label))
         nodes["tokenizer_metrics"] = Node("tokenizer_metrics", label,
-                                          {"stability": to_dict(cfg.stability), "data": _data(cfg), "probe": to_dict(cfg.probe),
+                                          {"stability": to_dict(cfg.stability), "data": _data(cfg), "probe": _probe(cfg),
                                            "tokenizer": _unless_default(to_dict(cfg.tokenizer), centroids=None)},
                                           {"tokens": nodes["tokens"], "centroids": nodes["centroids"],
                                            "features": nodes["features"], **backbone_parents(cfg)})
@@ -316,7 +324,7 @@ def run_dag(cfg: ExperimentConfig) -> dict[str, Node]:
         label = f"vq{cfg.vqgan.n_embed}"
         nodes.update(stage1_nodes(cfg, nodes["vq_tokens"], label))
         nodes["tokenizer_metrics"] = Node("tokenizer_metrics", label,
-                                          {"stability": to_dict(cfg.stability), "data": _data(cfg), "probe": to_dict(cfg.probe),
+                                          {"stability": to_dict(cfg.stability), "data": _data(cfg), "probe": _probe(cfg),
                                            "tokenizer": {"kind": "vqgan"}},
                                           {"tokens": nodes["vq_tokens"], "vqgan": nodes["vqgan"]})
         nodes["images"] = Node("render", f"vqgan_ar-s{cfg.seed}",

@@ -128,3 +128,37 @@ def train_linear_probes(train_feats: list[Tensor], train_labels: Tensor, test_fe
     top5 = _topk(heads[layer], test_feats[layer], test_y, 5)
     return {"probe_top1": test_top1[layer], "probe_top5": top5, "probe_layer": layer, "probe_layer_top1": test_top1,
             "probe_layer_holdout_top1": holdout_top1, "probe_layer_l2": chosen, "probe_layer_l2_grid": grids}
+
+
+class SGDProbes(torch.nn.Module):
+    """The released probe (paper §4): one `nn.Linear(D, C)` per layer (init N(0, 0.01), bias 0), trained jointly on
+    the sum of their cross-entropies by SGD with momentum, no weight decay, the lr cosine-annealed to 0 over `steps`
+    updates, no warm-up; no feature normalisation."""
+
+    def __init__(self, dims: list[int], num_classes: int, *, lr: float, momentum: float, weight_decay: float,
+                 steps: int):
+        super().__init__()
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(d, num_classes) for d in dims)
+        for h in self.heads:
+            torch.nn.init.normal_(h.weight, std=0.01)
+            torch.nn.init.zeros_(h.bias)
+        self.opt = torch.optim.SGD(self.heads.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, steps) / steps)))
+
+    def step(self, feats: list[Tensor], y: Tensor) -> float:
+        """One update on pooled features, one (B, D_l) tensor per layer; returns the summed loss."""
+        loss = sum(F.cross_entropy(h(f.float()), y) for h, f in zip(self.heads, feats))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        return loss.item()
+
+    @torch.no_grad()
+    def correct(self, feats: list[Tensor], y: Tensor, k: int = 1) -> list[int]:
+        """Per layer, how many of the rows (B, D_l) have their label among the top-k logits."""
+        out = []
+        for h, f in zip(self.heads, feats):
+            logits = h(f.float())  # (B, C)
+            out.append(int((logits.topk(min(k, logits.shape[1]), dim=1).indices == y[:, None]).any(1).sum()))
+        return out
