@@ -111,3 +111,29 @@ def test_pooling_sees_every_token_the_last_one_included():
     assert all(f.shape == (4, 9, 64) for f in full)
     for f, t in zip(full, train_view):
         torch.testing.assert_close(f[:, :8], t, rtol=1e-5, atol=1e-5)
+
+
+def test_a_grid_that_starts_at_an_edge_grows_until_the_choice_is_interior():
+    train_x, train_y, test_x, test_y = data((30.0, 0.5, 30.0), (30.0, 0.5, 30.0))
+    out = train_linear_probes(train_x, train_y, test_x, test_y, **{**SETTINGS, "l2s": (10.0, 100.0)})
+    for l2, grid in zip(out["probe_layer_l2"], out["probe_layer_l2_grid"]):
+        assert grid[0] < l2 < grid[-1], (l2, grid)
+    assert min(out["probe_layer_l2_grid"][1]) < 10.0  # the informative layer wanted weaker regularisation
+
+
+def test_chunked_solve_matches_the_one_shot_solve(monkeypatch, tmp_path):
+    """Features read from memory maps in chunks of 97 rows give the same choices and accuracies as one chunk."""
+    import digit_bench.eval.linear_probe as lp
+
+    train_x, train_y, test_x, test_y = data((30.0, 0.5, 0.9), (30.0, 3.0, 0.3))
+    one = train_linear_probes(train_x, train_y, test_x, test_y, **SETTINGS)
+    maps = []
+    for i, x in enumerate(train_x):
+        m = np.lib.format.open_memmap(tmp_path / f"L{i}.npy", "w+", np.float16, tuple(x.shape))
+        m[:] = x.numpy()
+        maps.append(torch.from_numpy(np.load(tmp_path / f"L{i}.npy", mmap_mode="r+")))
+    monkeypatch.setattr(lp, "CHUNK", 97)
+    chunked = train_linear_probes(maps, train_y, test_x, test_y, **SETTINGS)
+    for key in ("probe_layer", "probe_layer_l2", "probe_layer_l2_grid"):
+        assert chunked[key] == one[key], key
+    np.testing.assert_allclose(chunked["probe_layer_top1"], one["probe_layer_top1"], atol=0.5)
