@@ -73,7 +73,7 @@ def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
     test = load_split(build(DataConfig, cfg["data"]), "test")
     pick = np.sort(np.random.default_rng(st["seed"]).choice(len(test), min(st["num_images"], len(test)), replace=False))
     images = test.images[pick]  # (n, H, W, 3) uint8
-    row = codebook_stats(np.load(tok / "tokens_test.npy")[0], meta["vocab_size"])
+    row = codebook_stats(np.load(tok / "tokens_test.npy", mmap_mode="r")[0], meta["vocab_size"])
     if "vqgan" in parents:
         from digit_bench.stages.vqgan import load_vqgan
 
@@ -88,9 +88,10 @@ def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
         if "niter" in kcfg:  # fit here (imported centroids have no K-Means settings to refit with)
             row["kmeans_seed_ari"] = seed_agreement(parents["features"], centroids, kcfg, images, encode)
         pc = cfg["probe"]
-        ol = train_linear_probes([torch.from_numpy(np.load(tok / "pooled_train.npy").astype(np.float32))],
+        # float16 pooled features read from disk in the probe's chunks (copy-on-write maps: never written back)
+        ol = train_linear_probes([torch.from_numpy(np.load(tok / "pooled_train.npy", mmap_mode="c"))],
                                  torch.from_numpy(np.load(tok / "labels_train.npy")),
-                                 [torch.from_numpy(np.load(tok / "pooled_test.npy").astype(np.float32))],
+                                 [torch.from_numpy(np.load(tok / "pooled_test.npy", mmap_mode="c"))],
                                  torch.from_numpy(np.load(tok / "labels_test.npy")),
                                  l2s=pc["l2s"], max_iter=pc["max_iter"], holdout_fraction=pc["holdout_fraction"],
                                  seed=0, num_classes=meta["num_classes"])
