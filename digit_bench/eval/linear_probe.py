@@ -13,6 +13,10 @@ scikit-learn on the same features, its lr at the top of its grid):
   edge of the grid the grid grows by 10x past that edge (at most `max_grow` times), so the chosen l2 is interior.
   The reported layer is the one with the best held-out top-1. Then each layer's head is refitted on all of train
   with its l2 and scored on test once.
+Features are read in chunks of CHUNK rows (two passes for the standardisation, the loss and gradient summed over
+chunks), so they may be memory maps larger than memory; up to CHUNK rows it is one full-batch solve.
+`SGDProbes` is the released protocol's head set (`probe.protocol: paper`, stages/probe.py): SGD, lr 0.4, momentum 0.9,
+cosine to 0, one head per layer trained jointly.
 Accuracies are in percent, like the paper's tables.
 """
 
