@@ -57,7 +57,7 @@ def test_paper_probe_learns_chooses_on_held_out_train_and_is_deterministic():
     assert other["probe_layer_holdout_top1"] == out["probe_layer_holdout_top1"]
 
 
-def test_random_resized_crop_is_torchvisions_draw_and_seeded():
+def test_random_resized_crop_is_seeded_and_keeps_torchvisions_area_and_ratio():
     """Crops keep the image's content at the crop's place (a coordinate image), cover 8-100% of the area at aspect
     3/4..4/3, flip half the time, and repeat for the same seed."""
     yy, xx = np.mgrid[0:120, 0:200]

@@ -111,7 +111,8 @@ PIPELINE = ["data.image_size=128", "backbone.name=dino_tiny", "ssl.image_size=12
             "stage2.train.batch_size=8", "sample.num_samples=8", "sample.batch_size=8", "eval.local_train.steps=2",
             "eval.local_train.batch_size=16", "eval.bootstrap=2", "eval.kid_subset_size=4", "probe.num_train=null",
             "stability.num_images=8", "ldm.vae_train.steps=2", "ldm.vae_train.batch_size=4", "ldm.train.steps=2",
-            "ldm.train.batch_size=8", "ldm.num_inference_steps=2", "data.num_test=null"]
+            "ldm.train.batch_size=8", "ldm.num_inference_steps=2", "data.num_test=null",
+            "eval.reference=dataset:imagenet:test"]
 DIGIT_ROLES = ["vqgan", "vq_tokens", "ssl", "features", "centroids", "tokens", "gpt", "samples", "probe",
                "tokenizer_metrics", "stage2", "images", "ceiling_images", "ceiling_metrics", "metrics", "real_metrics"]
 LDM_ROLES = ["vae", "latents", "diffusion", "images", "metrics"]
