@@ -195,6 +195,9 @@ class ProbeConfig:
     eval_crop: float = 0.875  # test: centre crop of this fraction of the image side (paper: 224 of 256)
 
 
+PROBE_PAPER_FIELDS = ("protocol", "lr", "momentum", "weight_decay", "steps", "batch_size", "crop_scale", "eval_crop")
+
+
 @dataclass(frozen=True)
 class StabilityConfig:
     snrs_db: tuple[float, ...] = (30, 25, 20, 15, 10, 5, 1, 0.01)  # Table 1's SNRs, in dB of signal power / noise power
@@ -841,6 +844,8 @@ def run_id(cfg: ExperimentConfig, point: dict) -> str:
     d = to_dict(cfg)
     d.pop("launcher")
     d.pop("name")
+    if cfg.probe.protocol == "converged":  # the paper protocol's settings do not touch a converged probe's results
+        d["probe"] = {k: v for k, v in d["probe"].items() if k not in PROBE_PAPER_FIELDS}
     slug = "-".join(_slug(v) if isinstance(v, str) else _slug(f"{k.split('.')[-1]}{v}")
                     for k, v in point.items() if k != "seed") or "run"
     return f"{slug}-s{point['seed']}-{config_hash(d, 8)}"

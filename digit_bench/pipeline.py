@@ -29,7 +29,7 @@ from functools import cached_property
 from types import ModuleType
 
 from digit_bench.artifacts import Artifact, Store, artifact_id, runtime_info
-from digit_bench.config import ExperimentConfig, to_dict
+from digit_bench.config import PROBE_PAPER_FIELDS, ExperimentConfig, to_dict
 from digit_bench.data import GREY_DATASETS
 
 SSL_BACKBONES = {"dino_tiny": "dino", "mae_tiny": "mae", "sup_tiny": "sup"}
@@ -270,7 +270,7 @@ def vqgan_nodes(cfg: ExperimentConfig) -> dict[str, Node]:
 def _probe(cfg: ExperimentConfig) -> dict:
     """The probe settings; the paper protocol's fields only when it is chosen (converged-probe ids stay as they were)."""
     d = to_dict(cfg.probe)
-    return d if cfg.probe.protocol == "paper" else {k: d[k] for k in ("enabled", "l2s", "max_iter", "holdout_fraction", "num_train")}
+    return d if cfg.probe.protocol == "paper" else {k: v for k, v in d.items() if k not in PROBE_PAPER_FIELDS}
 
 
 def stage1_nodes(cfg: ExperimentConfig, tokens: Node, label: str) -> dict[str, Node]:
