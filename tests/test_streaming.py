@@ -119,6 +119,7 @@ LDM_ROLES = ["vae", "latents", "diffusion", "images", "metrics"]
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # 2 x 21 fresh processes: ~25 min on 2 shared cores
 def test_every_stage_keeps_its_memory_at_4n(tmp_path):
     peaks = {}
     for per_class in (PIPE_N, 4 * PIPE_N):
