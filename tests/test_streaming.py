@@ -144,3 +144,14 @@ def test_every_stage_keeps_its_memory_at_4n(tmp_path):
         peaks[per_class] = {**digit, **{f"ldm {r}": v for r, v in ldm.items()}}
     print({role: (round(peaks[PIPE_N][role]), round(peaks[4 * PIPE_N][role])) for role in peaks[PIPE_N]})
     assert_flat(peaks[PIPE_N], peaks[4 * PIPE_N], PIPE_SIDE)
+
+
+def test_holding_the_split_in_memory_is_seen_growing(tmp_path):
+    """The control: the measurement is sensitive enough to catch a stage that decodes the whole split into one array,
+    in VmHWM and in the sampled anonymous memory alike."""
+    code = ("import sys; from digit_bench.config import DataConfig; from digit_bench.data import load_split; "
+            "x = load_split(DataConfig(name='imagenet', root=sys.argv[1], image_size=256, num_val=8), 'train').images[:]")
+    for anon in (False, True):
+        peaks = [peak_rss_mb(["-c", code, str(imagenet_folder(tmp_path / f"i{n}-{anon}", n))], env_for(tmp_path),
+                             tmp_path, anon) for n in (N, 4 * N)]
+        assert peaks[1] - peaks[0] > 0.15 * peaks[0], peaks
