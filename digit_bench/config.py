@@ -182,6 +182,20 @@ class ProbeConfig:
     max_iter: int = 500  # L-BFGS iterations of each (convex) logistic-regression fit
     holdout_fraction: float = 0.1  # part of train held out to choose the l2 and layer (never test)
     num_train: Optional[int] = None  # probe train images (None = all of train)
+    # converged: the settings above (convex solve on pooled identity-view features); paper: the released SGD probe
+    # (online RandomResizedCrop + flip views tokenized on the fly, 224/256 centre crop at test, embedding output +
+    # blocks 1..L-1, the settings below)
+    protocol: Literal["converged", "paper"] = "converged"
+    lr: float = 0.4  # paper protocol: SGD learning rate (cosine to 0, no warm-up)
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    steps: int = 100_000  # SGD updates (paper: 100k at batch 1024, ~80 epochs)
+    batch_size: int = 1024
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range (torchvision default)
+    eval_crop: float = 0.875  # test: centre crop of this fraction of the image side (paper: 224 of 256)
+
+
+PROBE_PAPER_FIELDS = ("protocol", "lr", "momentum", "weight_decay", "steps", "batch_size", "crop_scale", "eval_crop")
 
 
 @dataclass(frozen=True)
@@ -838,6 +852,8 @@ def run_id(cfg: ExperimentConfig, point: dict) -> str:
     d = to_dict(cfg)
     d.pop("launcher")
     d.pop("name")
+    if cfg.probe.protocol == "converged":  # the paper protocol's settings do not touch a converged probe's results
+        d["probe"] = {k: v for k, v in d["probe"].items() if k not in PROBE_PAPER_FIELDS}
     slug = "-".join(_slug(v) if isinstance(v, str) else _slug(f"{k.split('.')[-1]}{v}")
                     for k, v in point.items() if k != "seed") or "run"
     return f"{slug}-s{point['seed']}-{config_hash(d, 8)}"

@@ -62,10 +62,6 @@ class Images:
             return Images(self.array[idx])
         return Images(files=[self.files[i] for i in idx], size=self.size, resize=self.resize)
 
-    def all(self) -> np.ndarray:
-        """Every image in memory: only for in-memory datasets and small folders (streaming stages use iter_batches)."""
-        return self[np.arange(len(self))]
-
 
 def check_view(view: str) -> None:
     if view not in ("identity", "hflip") and not (view.startswith("crop") and view[4:].isdigit()):

@@ -49,9 +49,11 @@ METRICS: tuple[Metric, ...] = (
            "high together with precision."),
     Metric("class_acc", True, "class accuracy (%)", "the local classifier's accuracy on class-conditional samples "
            "against the class they were sampled for.", "close to the classifier's accuracy on real test images."),
-    Metric("probe_top1", True, "linear-probe top-1 (%)", "logistic regression (solved to convergence) on the frozen "
-           "stage-1 GPT's mean-pooled features, layer and L2 strength chosen on held-out train images, top-1 on the test "
-           "split.", "paper (ImageNet): 71.7–80.3."),
+    Metric("probe_top1", True, "linear-probe top-1 (%)", "linear classifier on the frozen stage-1 GPT's features "
+           "mean-pooled over every position, the layer chosen on held-out train images, top-1 on the test split. "
+           "`probe_protocol` says which: converged (tiny/smoke: logistic regression solved to convergence, L2 chosen on "
+           "held-out train) or paper (the released SGD probe on random-resized-crop views, 224/256 centre crop at test).",
+           "paper (ImageNet): 71.7–80.3."),
     Metric("probe_top5", True, "linear-probe top-5 (%)", "as probe_top1, top-5.", "near 100 on 10 classes."),
     Metric("probe_layer", None, "probe layer", "the GPT layer the probe chose (a choice, not a score).", "—"),
     Metric("acc_ol", True, "token linear-probe top-1 (%)", "linear probe on the mean-pooled one-hot tokens (the "

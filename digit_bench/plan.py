@@ -350,6 +350,20 @@ def plan_job(cfg, role: str, node, mfu: float = 0.4, gpu_type: Optional[str] = N
             job.fits_memory = job.mem_bytes <= spec.memory_gb * 1e9 * MEMORY_HEADROOM
             if not job.fits_memory:
                 job.advice = "lower sample.batch_size (the KV cache grows with it)"
+    elif role == "probe" and cfg.probe.protocol == "paper":  # online: every view through the tokenizer and the GPT
+        gcfg, _ = _stage_gpt(cfg, "gpt")
+        L = gcfg.seq_len + 1  # [BOS] + every token
+        job.params = gpt_params(gcfg)
+        gpt = 2.0 * (job.params - gpt_param_groups(gcfg)["embeddings"]) * L + 4.0 * gcfg.n_layer * gcfg.n_embd * L * L
+        depth, width = _vit_dims(cfg)
+        T = _grid(cfg) ** 2
+        vit = depth * (24 * width * width * T + 4 * T * T * width) if cfg.generator == "digit" else 0.0
+        job.flops = cfg.probe.steps * cfg.probe.batch_size * (gpt + vit)  # forward only: the heads are negligible
+        job.mem_bytes = 4 * job.params + 4 * cfg.probe.batch_size * L * gcfg.n_embd * (gcfg.n_layer + 2)  # + states
+        if spec is not None:
+            job.fits_memory = job.mem_bytes <= spec.memory_gb * 1e9 * MEMORY_HEADROOM
+            if not job.fits_memory:
+                job.advice = "lower probe.batch_size"
     if job.flops is not None and spec is not None:
         gpus = job.world if role in ("gpt", "stage2") else 1
         job.gpu_hours = job.flops / (mfu * spec.bf16_tflops * 1e12) / 3600
@@ -373,7 +387,7 @@ def plan_sweep(sweep, mfu: float = 0.4, gpu_type: Optional[str] = None) -> list[
     seen: dict[str, JobPlan] = {}
     for run in sweep.runs:
         for role, node in run_dag(run.cfg).items():
-            if node.id not in seen and role in PLANNED_ROLES:
+            if node.id not in seen and (role in PLANNED_ROLES or role == "probe" and run.cfg.probe.protocol == "paper"):
                 seen[node.id] = plan_job(run.cfg, role, node, mfu, gpu_type)
     return list(seen.values())
 
@@ -383,7 +397,7 @@ def format_plan(jobs: list[JobPlan], gpu_type: Optional[str], mfu: float) -> str
     head = (f"GPU: {spec.name} ({spec.memory_gb:g} GB, bf16 peak {spec.bf16_tflops:g} TFLOP/s), GPU-hours at "
             f"{mfu:.0%} MFU" if spec else f"GPU type {gpu_type!r} unknown: set launcher.gpu_type (h200, h100, a100, "
             f"...) for GPU-hours and fits; MFU/peaks unknown")
-    head += f"\nmodeled roles: {', '.join(PLANNED_ROLES)} (other stages are not in the plan)"
+    head += f"\nmodeled roles: {', '.join(PLANNED_ROLES)}, probe (paper protocol) (other stages are not in the plan)"
     lines = [head, f"{'role':<9} {'artifact':<44} {'params':>8} {'world x micro x accum':>22} {'GiB/GPU':>8} "
              f"{'PFLOP':>10} {'GPU-h':>8} {'disk GB':>8}  fits"]
 

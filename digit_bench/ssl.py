@@ -373,5 +373,7 @@ def pretrain(method: str, images: np.ndarray, labels: np.ndarray, cfg: SSLConfig
     vit = model.backbone
     save_checkpoint(work_dir / "backbone.pt", {"arch": vit_arch(cfg), "model": vit.state_dict()})
     reference = np.random.default_rng(seed).permutation(len(images))[:num_reference]
+    # a folder's images are decoded batch by batch as the features are taken, not all at once
+    ref_images = images.subset(reference) if hasattr(images, "subset") else images[reference]
     return dict(stats, method=method, eval_features="mean-pooled patch tokens, final norm",
-                **evaluate_backbone(vit, images[reference], labels[reference], eval_images, eval_labels))
+                **evaluate_backbone(vit, ref_images, labels[reference], eval_images, eval_labels))

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from digit_bench.config import ExperimentConfig, Override, apply_overrides, load_sweep, run_id, to_dict
+from digit_bench.config import (PROBE_PAPER_FIELDS, ExperimentConfig, Override, apply_overrides, load_sweep, run_id,
+                                 to_dict)
 from digit_bench.errors import UserError
 
 ABL = Path(__file__).resolve().parents[1] / "ablations"
@@ -64,7 +65,8 @@ def test_set_keeps_strings_that_are_not_numbers(text):
 
 
 LEAVES = [(k, v) for k, v in __import__("digit_bench.config", fromlist=["flatten"]).flatten(to_dict(ExperimentConfig())).items()
-          if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("name",) and not k.startswith("launcher.")]
+          if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("name",) and not k.startswith("launcher.")
+          and k.removeprefix("probe.") not in PROBE_PAPER_FIELDS]  # the paper probe's settings: see the test below
 
 
 @settings(max_examples=60, deadline=None)
@@ -77,6 +79,15 @@ def test_any_field_change_gives_a_new_id(leaf, delta):
     point = {"seed": 0}
     assert run_id(changed, point) != run_id(base, point)
     assert run_id(reverted, point) == run_id(base, point)  # the id is a function of the values, not of their history
+
+
+def test_paper_probe_settings_key_runs_only_under_the_paper_protocol():
+    base = ExperimentConfig()
+    paper = apply_overrides(base, [Override("probe.protocol", "paper", "test")])
+    point = {"seed": 0}
+    assert run_id(paper, point) != run_id(base, point)
+    assert run_id(apply_overrides(base, [Override("probe.lr", 0.1, "test")]), point) == run_id(base, point)
+    assert run_id(apply_overrides(paper, [Override("probe.lr", 0.1, "test")]), point) != run_id(paper, point)
 
 
 def test_launcher_does_not_change_the_run_id():

@@ -308,9 +308,9 @@ def test_local_classifier_reaches_90_percent_on_fashion_mnist(tmp_path):
 
     data = fashion_mnist(None, image_size=32)
     start = time.perf_counter()
-    stats = train_classifier(data.train.images.all(), data.train.labels, EvalConfig().local_train, tmp_path,
+    stats = train_classifier(data.train.images[:], data.train.labels, EvalConfig().local_train, tmp_path,
                              seed=0, num_classes=10)
-    accuracy = evaluate_accuracy(load_classifier(stats["path"]), data.test.images.all(), data.test.labels)
+    accuracy = evaluate_accuracy(load_classifier(stats["path"]), data.test.images[:], data.test.labels)
     print(f"local classifier: test accuracy {accuracy:.4f}, train {stats['wall_s']:.0f} s, "
           f"total {time.perf_counter() - start:.0f} s")
     assert accuracy >= 0.90

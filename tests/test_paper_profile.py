@@ -93,8 +93,18 @@ PAPER = {
     "stage2.train.weight_decay": 0.01,
     "stage2.train.grad_clip": 1.0,
     "stage2.train.label_smoothing": 0.1,
-    # linear probe (§4): the released SGD probe (lr 0.4, 80 epochs) minimises the same convex objective that this
-    # harness solves to convergence (L-BFGS, L2 chosen on held-out train): no lr or epoch value to match
+    # linear probe (§4, sgd_hydra + dino_base_linearprobe_sgd.yaml): SGD lr 0.4, momentum 0.9, no weight decay,
+    # cosine to 0 over 100k updates at 4 x 256 = 1024 (~80 epochs), RandomResizedCrop(256) (scale 0.08-1) + flip,
+    # test Resize 256 + CenterCrop 224, all of train
+    "probe.protocol": "paper",
+    "probe.lr": 0.4,
+    "probe.momentum": 0.9,
+    "probe.weight_decay": 0.0,
+    "probe.steps": 100_000,
+    "probe.batch_size": 1024,
+    "probe.crop_scale": [0.08, 1.0],
+    "probe.eval_crop": 224 / 256,
+    "probe.num_train": None,
 }
 # the stage-1 length of the tables (200 epochs) and of the 9.13 / 73.85 headline (400 epochs)
 PAPER_LONG = {**PAPER, "train.steps": 500_000}
@@ -160,3 +170,10 @@ def test_paper_batches_fit_the_launcher():
     assert cfg.train.accumulation(world) == (128, 2)
     assert cfg.stage2.train.accumulation(world) == (64, 2)
     assert dataclasses.replace(cfg.train, micro_batch_size=None).accumulation(16) == (64, 1)
+
+
+def test_paper_probe_trains_about_80_epochs():
+    got = resolved("ablations/_base.yaml")
+    assert got["probe.steps"] * got["probe.batch_size"] / EPOCH == pytest.approx(80, rel=0.002)  # "lr4e-1_80epoch"
+    assert resolved("ablations/_base.yaml", "smoke")["probe.protocol"] == "converged"
+    assert resolved("ablations/_base.yaml", "tiny")["probe.protocol"] == "converged"

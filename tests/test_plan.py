@@ -159,9 +159,20 @@ def test_plan_command(disk, capsys):
     out, err = capsys.readouterr()
     summary = json.loads(out)
     assert summary["all_fit"] is False and summary["gpu_type"] == "h200"
-    assert {j["role"] for j in summary["jobs"]} == {"features", "tokens", "gpt", "samples", "stage2"}
+    assert {j["role"] for j in summary["jobs"]} == {"features", "tokens", "gpt", "samples", "stage2", "probe"}
     assert "NO (mem NO" in err and "h200 (141 GB" in err
     assert main(["plan", yaml, "--profile", "paper", "--gpu-type", "h200"]) == 0
     assert json.loads(capsys.readouterr().out)["all_fit"] is True
     assert main(["plan", yaml, "--profile", "smoke"]) == 0
     assert "MFU/peaks unknown" in capsys.readouterr().err
+
+
+def test_plan_counts_the_paper_probe_on_one_gpu():
+    """100k x 1024 views, each through DINOv2 ViT-B/14 at 224 and the 219M GPT over 257 positions (forward only):
+    about 1.6e19 FLOPs, ~11 h of one H200 at 40% MFU."""
+    from digit_bench.plan import plan_sweep
+
+    probe = next(j for j in plan_sweep(paper_sweep({"gpu_type": "h200"})) if j.role == "probe")
+    per_view = 2 * 218e6 * 257 + 12 * (24 * 768**2 * 256 + 4 * 256**2 * 768)  # GPT (no attention) + ViT-B
+    assert probe.flops == pytest.approx(100_000 * 1024 * per_view, rel=0.1)
+    assert probe.fits_memory is True and probe.fits_time is True and 5 < probe.gpu_hours < 20

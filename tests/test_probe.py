@@ -88,5 +88,52 @@ def test_a_class_conditional_gpt_is_probed_with_the_null_class_not_the_label():
     model = GPT(gpt_config("gpt-nano", vocab_size=16, seq_len=8, num_classes=3)).eval()
     tokens = np.random.default_rng(0).integers(0, 16, (5, 8)).astype(np.uint16)
     feats = pooled_hidden_states(model, tokens)
-    null = model.hidden_states(torch.from_numpy(tokens.astype(np.int64)), torch.full((5,), 3))
+    null = model.hidden_states(torch.from_numpy(tokens.astype(np.int64)), torch.full((5,), 3), last_token=True)
     assert all(torch.allclose(f, h.float().mean(1)) for f, h in zip(feats, null))
+
+
+def test_pooling_sees_every_token_the_last_one_included():
+    """Changing only the last token changes every layer's pooled features (it has an input position), and the
+    first T positions are those of the training forward pass (the extra position is causal, after them)."""
+    from digit_bench.models.gpt import GPT, gpt_config
+    from digit_bench.stages.probe import pooled_hidden_states
+
+    torch.manual_seed(0)
+    model = GPT(gpt_config("gpt-nano", vocab_size=16, seq_len=8)).eval()
+    tokens = np.random.default_rng(0).integers(0, 16, (4, 8)).astype(np.uint16)
+    changed = tokens.copy()
+    changed[:, -1] = (changed[:, -1] + 1) % 16
+    a, b = pooled_hidden_states(model, tokens), pooled_hidden_states(model, changed)
+    assert all((x - y).abs().amax() > 1e-4 for x, y in zip(a, b))  # every layer, the embedding output included
+    idx = torch.from_numpy(tokens.astype(np.int64))
+    with torch.no_grad():
+        full, train_view = model.hidden_states(idx, last_token=True), model.hidden_states(idx)
+    assert all(f.shape == (4, 9, 64) for f in full)
+    for f, t in zip(full, train_view):
+        torch.testing.assert_close(f[:, :8], t, rtol=1e-5, atol=1e-5)
+
+
+def test_a_grid_that_starts_at_an_edge_grows_until_the_choice_is_interior():
+    train_x, train_y, test_x, test_y = data((30.0, 0.5, 30.0), (30.0, 0.5, 30.0))
+    out = train_linear_probes(train_x, train_y, test_x, test_y, **{**SETTINGS, "l2s": (10.0, 100.0)})
+    for l2, grid in zip(out["probe_layer_l2"], out["probe_layer_l2_grid"]):
+        assert grid[0] < l2 < grid[-1], (l2, grid)
+    assert min(out["probe_layer_l2_grid"][1]) < 10.0  # the informative layer wanted weaker regularisation
+
+
+def test_chunked_solve_matches_the_one_shot_solve(monkeypatch, tmp_path):
+    """Features read from memory maps in chunks of 97 rows give the same choices and accuracies as one chunk."""
+    import digit_bench.eval.linear_probe as lp
+
+    train_x, train_y, test_x, test_y = data((30.0, 0.5, 0.9), (30.0, 3.0, 0.3))
+    one = train_linear_probes(train_x, train_y, test_x, test_y, **SETTINGS)
+    maps = []
+    for i, x in enumerate(train_x):
+        m = np.lib.format.open_memmap(tmp_path / f"L{i}.npy", "w+", np.float16, tuple(x.shape))
+        m[:] = x.numpy()
+        maps.append(torch.from_numpy(np.load(tmp_path / f"L{i}.npy", mmap_mode="r+")))
+    monkeypatch.setattr(lp, "CHUNK", 97)
+    chunked = train_linear_probes(maps, train_y, test_x, test_y, **SETTINGS)
+    for key in ("probe_layer", "probe_layer_l2", "probe_layer_l2_grid"):
+        assert chunked[key] == one[key], key
+    np.testing.assert_allclose(chunked["probe_layer_top1"], one["probe_layer_top1"], atol=0.5)

@@ -170,8 +170,8 @@ def test_tiny_profile_dino_beats_the_untrained_random_vit_on_knn(tmp_path):
     train, val = load_split(dino.data, "train"), load_split(dino.data, "val")
     reference = np.random.default_rng(dino.backbone.init_seed).permutation(len(train.labels))[:5000]
     untrained = ssl.evaluate_backbone(random_vit(**to_dict(control.backbone)).model,
-                                      train.images.all()[reference], np.asarray(train.labels)[reference],
-                                      val.images.all(), np.asarray(val.labels))
+                                      train.images[reference], np.asarray(train.labels)[reference],
+                                      val.images[:], np.asarray(val.labels))
     print(f"kNN top-1: dino_tiny {trained['knn_top1']:.3f}, random_vit {untrained['knn_top1']:.3f}; "
           f"linear: {trained['probe_top1']:.3f} vs {untrained['probe_top1']:.3f}")
     assert trained["knn_top1"] > untrained["knn_top1"]

@@ -24,7 +24,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
-from digit_bench.config import ExperimentConfig, to_dict
+from digit_bench.config import PROBE_PAPER_FIELDS, ExperimentConfig, ProbeConfig, to_dict
 from digit_bench.data import GREY_DATASETS
 from digit_bench.engine.dag import Node, imported_node
 from digit_bench.stages import classifier, evaluate, real_images, reference, sample, train, vq_tokenize
@@ -159,6 +159,24 @@ def stage1_nodes(cfg: ExperimentConfig, tokens: Node, label: str) -> dict[str, N
                    {"gpt": gpt, **prompts})
     out = {"gpt": gpt, "samples": samples}
     if cfg.probe.enabled:
-        out["probe"] = Node("probe", f"{cfg.gpt.size}-{label}-s{cfg.seed}", {"probe": to_dict(cfg.probe), "seed": cfg.seed},
-                            {"gpt": gpt, "tokens": tokens})
+        probe = {"probe": probe_settings(cfg), "seed": cfg.seed}
+        online = {}
+        if cfg.probe.protocol == "paper":  # it tokenizes augmented views on the fly: the data and the tokenizer
+            probe.update(data=to_dict(cfg.data), backbone=to_dict(cfg.backbone))
+            online = {r: p for r, p in tokens.parents.items() if r in ("centroids", "ssl", "vqgan")}
+        out["probe"] = Node("probe", f"{cfg.gpt.size}-{label}-s{cfg.seed}", probe, {"gpt": gpt, "tokens": tokens, **online})
     return out
+
+
+def probe_settings(cfg: ExperimentConfig) -> dict:
+    """The probe section as its artifacts hash it: the paper protocol's fields only when it is chosen, so they never
+    re-key a converged probe (or the Acc@OL of tokenizer_metrics)."""
+    d = to_dict(cfg.probe)
+    return d if cfg.probe.protocol == "paper" else {k: v for k, v in d.items() if k not in PROBE_PAPER_FIELDS}
+
+
+def acc_ol_probe(cfg: ExperimentConfig) -> ProbeConfig:
+    """The probe settings Acc@OL (tokenizer_metrics' converged probe of the tokenizer's features) uses: the paper
+    protocol's fields at their defaults, so choosing that protocol for the GPT's probe re-keys no tokenizer metric."""
+    default = ProbeConfig()
+    return dataclasses.replace(cfg.probe, **{f: getattr(default, f) for f in PROBE_PAPER_FIELDS})

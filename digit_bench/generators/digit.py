@@ -10,7 +10,7 @@ import dataclasses
 
 from digit_bench.config import ExperimentConfig, Stage2Config, to_dict
 from digit_bench.engine.dag import Node, imported_node
-from digit_bench.generators.common import (Generator, evaluate_node, grey, instrument_seed, judged, stage1_nodes,
+from digit_bench.generators.common import (acc_ol_probe, Generator, evaluate_node, grey, instrument_seed, judged, stage1_nodes,
                                            vqgan_nodes)
 from digit_bench.stages import cluster, extract, pretrain_ssl, render, stage2, tokenize, tokenizer_metrics
 
@@ -77,7 +77,7 @@ def nodes(cfg: ExperimentConfig) -> dict[str, Node]:
     out.update(stage1_nodes(cfg, out["tokens"], label))
     reseeded = {"reseeded_centroids": out["reseeded_centroids"]} if "reseeded_centroids" in out else {}
     out["tokenizer_metrics"] = Node("tokenizer_metrics", label,
-                                    tokenizer_metrics.Cfg(stability=cfg.stability, data=cfg.data, probe=cfg.probe,
+                                    tokenizer_metrics.Cfg(stability=cfg.stability, data=cfg.data, probe=acc_ol_probe(cfg),
                                                           backbone=backbone_cfg(cfg)),
                                     {"tokens": out["tokens"], "centroids": out["centroids"], **reseeded,
                                      **backbone_parents(cfg)})

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from digit_bench.config import ExperimentConfig
 from digit_bench.engine.dag import Node
-from digit_bench.generators.common import (Generator, evaluate_node, grey, instrument_seed, judged, stage1_nodes,
+from digit_bench.generators.common import (acc_ol_probe, Generator, evaluate_node, grey, instrument_seed, judged, stage1_nodes,
                                            vqgan_nodes)
 from digit_bench.stages import render, tokenizer_metrics
 
@@ -18,7 +18,7 @@ def nodes(cfg: ExperimentConfig) -> dict[str, Node]:
     label = f"vq{cfg.vqgan.n_embed}"
     out.update(stage1_nodes(cfg, out["vq_tokens"], label))
     out["tokenizer_metrics"] = Node("tokenizer_metrics", label,
-                                    tokenizer_metrics.Cfg(stability=cfg.stability, data=cfg.data, probe=cfg.probe),
+                                    tokenizer_metrics.Cfg(stability=cfg.stability, data=cfg.data, probe=acc_ol_probe(cfg)),
                                     {"tokens": out["vq_tokens"], "vqgan": out["vqgan"]})
     out["images"] = Node("render", f"vqgan_ar-s{cfg.seed}",
                          render.Cfg(source="samples", grey=grey(cfg), batch_size=cfg.sample.batch_size),

@@ -214,17 +214,23 @@ class GPT(nn.Module):
         logits = self(idx, labels, prefix)  # (B, T, V)
         return F.cross_entropy(logits.flatten(0, 1), idx.flatten(), label_smoothing=label_smoothing)
 
-    def hidden_states(self, idx: Tensor, labels: Optional[Tensor] = None,
-                      prefix: Optional[Tensor] = None) -> list[Tensor]:
+    def hidden_states(self, idx: Tensor, labels: Optional[Tensor] = None, prefix: Optional[Tensor] = None,
+                      last_token: bool = False) -> list[Tensor]:
         """The embedding output and every block's output, each (B, P + T, D), for the linear probe (paper §4).
 
-        NOTE: the T input positions hold [BOS | class] and idx[:, :-1]; the last token has no input position (it is
-        only ever predicted, there is no end token), so a probe pooling these states sees T of the paper's T + 1.
+        The T input positions hold [BOS | class] and idx[:, :-1]. With `last_token` the last token idx[:, -1] is
+        read too, at an extra input position T (states (B, P + T + 1, D)), so a probe pooling them sees every token,
+        as the paper's 257 positions ([eos] + 256 tokens) do. NOTE: the paper's GPT is trained with that position;
+        ours is trained without an end token, so position T has no learned embedding: the last token enters with
+        its token embedding alone (no position term). Positions 0..T-1 are unchanged (causal attention).
         """
         x = self._inputs(idx, labels, prefix)  # (B, P + T, D)
+        if last_token:
+            last = self.tok_emb(idx[:, -1:]) * self.embed_scale  # (B, 1, D)
+            x = torch.cat([x, self.drop(last)], dim=1)  # (B, P + T + 1, D)
         states = [x]
         for block in self.blocks:
-            x = block(x)  # (B, P + T, D)
+            x = block(x)  # (B, P + T [+ 1], D)
             states.append(x)
         return states
 

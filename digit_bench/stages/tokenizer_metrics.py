@@ -22,39 +22,12 @@ import torch
 from digit_bench.artifacts import Artifact
 from digit_bench.config import DataConfig, ProbeConfig, StabilityConfig
 from digit_bench.data import load_split
-from digit_bench.loaders import device, device_info, load_backbone, load_vqgan, save_json
+from digit_bench.loaders import device_info, load_backbone, load_vqgan, save_json
+from digit_bench.tokenizers.encoders import kmeans_encoder, vqgan_encoder
 
 VERSION = 3
 KIND = "infer"  # one task
 RESUMABLE = False
-
-
-def kmeans_encoder(backbone, centroids: np.ndarray, backend: str, spherical: bool):
-    """encode(images) -> (features (B, T, D), tokens (B, T)) for the stability metric."""
-    from digit_bench.tokenizers.kmeans import assign
-
-    backbone = backbone.to(device()).eval()
-
-    @torch.no_grad()
-    def encode(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = backbone(images.to(device())).float().cpu()  # (B, T, D)
-        ids = assign(feats.reshape(-1, feats.shape[-1]).numpy(), centroids, backend=backend, spherical=spherical)
-        return feats, torch.from_numpy(ids.reshape(feats.shape[:2]))  # (B, T, D), (B, T)
-
-    return encode
-
-
-def vqgan_encoder(vqgan):
-    vqgan = vqgan.to(device()).eval()
-
-    @torch.no_grad()
-    def encode(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = images.permute(0, 3, 1, 2).float() / 255 if images.dtype == torch.uint8 else images  # (B, 3, H, W)
-        z = vqgan.encode_features(x.to(device()))  # (B, C, h, w)
-        _, idx, _ = vqgan.encode(x.to(device()))  # (B, h, w)
-        return z.flatten(2).transpose(1, 2).cpu(), idx.flatten(1).cpu()  # (B, h*w, C), (B, h*w)
-
-    return encode
 
 
 def seed_agreement(other: np.ndarray, backend: str, spherical: bool, images: np.ndarray, encode) -> float:
@@ -86,7 +59,7 @@ def compute(cfg: Cfg, parents: dict[str, Artifact], out: Path) -> dict:
     test = load_split(cfg.data, "test")
     pick = np.sort(np.random.default_rng(st.seed).choice(len(test), min(st.num_images, len(test)), replace=False))
     images = test.images[pick]  # (n, H, W, 3) uint8
-    row = codebook_stats(np.load(tok / "tokens_test.npy")[0], meta["vocab_size"])
+    row = codebook_stats(np.load(tok / "tokens_test.npy", mmap_mode="r")[0], meta["vocab_size"])
     if "vqgan" in parents:
         encode = vqgan_encoder(load_vqgan(parents["vqgan"]))
     else:
@@ -99,9 +72,10 @@ def compute(cfg: Cfg, parents: dict[str, Artifact], out: Path) -> dict:
             row["kmeans_seed_ari"] = seed_agreement(np.load(parents["reseeded_centroids"] / "centroids.npy"), backend,
                                                     spherical, images, encode)
         pc = cfg.probe
-        ol = train_linear_probes([torch.from_numpy(np.load(tok / "pooled_train.npy").astype(np.float32))],
+        # float16 pooled features read from disk in the probe's chunks (copy-on-write maps: never written back)
+        ol = train_linear_probes([torch.from_numpy(np.load(tok / "pooled_train.npy", mmap_mode="c"))],
                                  torch.from_numpy(np.load(tok / "labels_train.npy")),
-                                 [torch.from_numpy(np.load(tok / "pooled_test.npy").astype(np.float32))],
+                                 [torch.from_numpy(np.load(tok / "pooled_test.npy", mmap_mode="c"))],
                                  torch.from_numpy(np.load(tok / "labels_test.npy")),
                                  l2s=list(pc.l2s), max_iter=pc.max_iter, holdout_fraction=pc.holdout_fraction,
                                  seed=0, num_classes=meta["num_classes"])
