@@ -467,6 +467,8 @@ _set_range("fraction top_p", 0, 1, lo_in=False)
 _set_range("holdout_fraction mask_ratio", 0, 1, lo_in=False, hi_in=False)
 _set_range("dropout label_dropout ema label_smoothing betas", 0, 1, hi_in=False)
 _set_range("center_momentum teacher_momentum", 0, 1)
+_set_range("momentum", 0, 1, hi_in=False)
+_set_range("crop_scale eval_crop", 0, 1, lo_in=False)
 _set_range("temperature choice_temperature teacher_temp student_temp cfg_scale", 0, 1e6, lo_in=False)
 _set_range("snrs_db", -200, 200)
 

@@ -62,7 +62,6 @@ NOT_CONFIG = ("cost.", "protocol.", "artifacts.")  # dotted columns that are not
 CHOICES = ("probe_layer",)  # integer choices: shown as the set of values over seeds, never averaged
 FLAGS = ("circular",)  # per-run booleans; a cell is flagged when any of its seeds is
 LEVEL = 0.95
-GENERATOR_NAMES = {"digit": "DiGIT", "vqgan_ar": "VQGAN-AR", "ldm": "LDM"}
 KEY_NAMES = {"tokenizer.k": "K", "gpt.size": "", "stage2.size": "stage-2 size", "backbone.name": "", "stage2.kind": "stage 2", "backbone.layer": "layer",
              "ldm.denoiser": "", "tokenizer.seed": "K-Means seed"}
 # Published rows shown in comparison.md (method prefix), and the paper's claims each sweep can test.
@@ -168,6 +167,19 @@ def _fmt_key(value) -> str:
     return "–" if pd.isna(value) else str(value)
 
 
+def _is_generator(name) -> bool:
+    from digit_bench.registry import GENERATORS
+
+    return isinstance(name, str) and name in GENERATORS
+
+
+def generator_label(name: str) -> str:
+    """A registered generator's label ("DiGIT", "VQGAN-AR"); any other name as it is."""
+    from digit_bench.registry import GENERATORS
+
+    return GENERATORS.get(name).label if _is_generator(name) else name
+
+
 def key_name(key: str, keys: list[str]) -> str:
     """A swept key as a label shows it: its KEY_NAMES name, else its last part, else (when another swept key ends
     the same way: `sample.top_p` and `stage2.top_p`) the whole dotted key."""
@@ -188,7 +200,7 @@ def row_label(row: pd.Series, keys: list[str]) -> str:
             return "VQ only (VQGAN reconstruction)"
         m = re.fullmatch(r"digit_vq_ceiling-(.+)-k(\d+)", gen)
         return f"DiGIT+VQ ceiling · {m.group(1)} · K={m.group(2)}" if m else gen
-    parts = [GENERATOR_NAMES.get(gen, gen)]
+    parts = [generator_label(gen)]
     for k in keys:
         if k == "generator" or pd.isna(row.get(k)):
             continue
@@ -588,7 +600,7 @@ def _claim_rows(runs: pd.DataFrame, side: str, name: str) -> Optional[pd.DataFra
         rows = runs[runs["generator"] == side]
         dino = rows[rows["backbone.name"].astype(str).str.startswith("dino")] if "backbone.name" in rows else rows
         rows = dino if len(dino) else rows
-    elif side in GENERATOR_NAMES:
+    elif _is_generator(side):
         rows = runs[runs["generator"] == side]
     elif side in ("largest", "smallest"):
         rows = runs[runs["generator"] == "digit"]

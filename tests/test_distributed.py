@@ -32,16 +32,17 @@ def tcfg(micro: int | None) -> TrainConfig:
     return TrainConfig(steps=4, batch_size=16, micro_batch_size=micro, lr=3e-3, warmup_steps=2, checkpoint_every=2)
 
 
-def cpu(precision: str) -> torch.device:
+def cpu(precision: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
 def train(out: Path, micro: int | None) -> dict:
     from digit_bench.stages.train import tokens_to_checkpoint
 
-    training.device_for = cpu
     out.mkdir(parents=True, exist_ok=True)
-    return tokens_to_checkpoint(TOKENS, LABELS, META, GCFG, tcfg(micro), out, seed=0)
+    with pytest.MonkeyPatch.context() as patch:  # this process's tests after this one keep the real device picker
+        patch.setattr(training, "device_for", cpu)
+        return tokens_to_checkpoint(TOKENS, LABELS, META, GCFG, tcfg(micro), out, seed=0)
 
 
 def trajectory(out: Path) -> list[float]:

@@ -31,7 +31,8 @@ TRICKS = ["../x", "../../victim", "/tmp/abs", "a/b", "..", "a\x00b", "a\nb", "ü
 
 
 def numeric_fields(cls=ExperimentConfig, prefix=""):
-    """(dotted key, type) of every int/float (or tuple/Optional of them) field."""
+    """(dotted key, type, tuple length: 0 for a scalar, 1 for a variable-length tuple) of every int/float (or
+    tuple/Optional of them) field."""
     out = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -41,7 +42,9 @@ def numeric_fields(cls=ExperimentConfig, prefix=""):
             continue
         args = [a for a in (typing.get_args(tp) or (tp,)) if a not in (type(None), Ellipsis)]
         if args and all(a in (int, float) for a in args):
-            out.append((key, float if float in args else int, typing.get_origin(tp) is tuple))
+            fixed = typing.get_origin(tp) is tuple and Ellipsis not in typing.get_args(tp)
+            length = len(typing.get_args(tp)) if fixed else int(typing.get_origin(tp) is tuple)
+            out.append((key, float if float in args else int, length))
     return out
 
 
@@ -100,8 +103,8 @@ def test_string_fields_refuse_path_tricks(key, trick, tmp_path, capsys):
     assert _snapshot(tmp_path) == before  # validate writes nothing
 
 
-@pytest.mark.parametrize("key, tp, is_tuple", NUMERIC, ids=[k for k, _, _ in NUMERIC])
-def test_numeric_fields_refuse_non_finite_and_out_of_range(key, tp, is_tuple):
+@pytest.mark.parametrize("key, tp, length", NUMERIC, ids=[k for k, _, _ in NUMERIC])
+def test_numeric_fields_refuse_non_finite_and_out_of_range(key, tp, length):
     """Through the same override and check path as a sweep file or --set (YAML values), without re-reading YAML."""
     leaf = key.split(".")[-1]
     lo, hi = config._RANGES[leaf][:2]
@@ -109,7 +112,7 @@ def test_numeric_fields_refuse_non_finite_and_out_of_range(key, tp, is_tuple):
     if hi < 1e6:
         bad.append(repr(hi + 1))
     for v in bad:
-        value = yaml.safe_load(f"[{v}, {v}]" if leaf == "betas" else f"[{v}]" if is_tuple else v)
+        value = yaml.safe_load(f"[{', '.join([v] * length)}]" if length else v)
         cfg = config.apply_overrides(ExperimentConfig(), [config.Override(key, value, "--set")])
         problems = dict(config.check_values(cfg))
         assert key in problems and "\n" not in problems[key], (key, v, problems)

@@ -40,13 +40,14 @@ class Generator:
     nodes(cfg): role -> Node of one run (cfg already `scoped`); seeds(cfg): stage name -> the seed it used (rows
     carry it as `stage_seeds`); model_seeds: those of them the run seed re-keys under either scope (a ceiling row,
     which does not use the generator's model, leaves them out); model_role: the role whose artifact's `params` is the
-    generator's size as the paper counts it (stage 1 only).
+    generator's size as the paper counts it (stage 1 only); label: its name in tables and figures.
     """
 
     nodes: Callable[[ExperimentConfig], dict[str, Node]]
     seeds: Callable[[ExperimentConfig], dict[str, int]]
     model_seeds: tuple[str, ...]
     model_role: str
+    label: str  # its name in tables and figures ("DiGIT", "VQGAN-AR")
 
 
 

@@ -101,4 +101,4 @@ def seeds(cfg: ExperimentConfig) -> dict[str, int]:
             "vqgan": fixed, "stage2": fixed, "gpt": cfg.seed, "sample": cfg.sample.seed, "judge": fixed}
 
 
-GENERATOR = Generator(nodes, seeds, model_seeds=("gpt", "sample"), model_role="gpt")
+GENERATOR = Generator(nodes, seeds, model_seeds=("gpt", "sample"), model_role="gpt", label="DiGIT")

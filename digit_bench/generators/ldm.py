@@ -35,4 +35,4 @@ def seeds(cfg: ExperimentConfig) -> dict[str, int]:
     return {"vae": fixed, "ldm": cfg.seed, "sample": cfg.sample.seed, "judge": fixed}
 
 
-GENERATOR = Generator(nodes, seeds, model_seeds=("ldm", "sample"), model_role="diffusion")
+GENERATOR = Generator(nodes, seeds, model_seeds=("ldm", "sample"), model_role="diffusion", label="LDM")

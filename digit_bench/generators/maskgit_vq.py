@@ -41,4 +41,4 @@ def seeds(cfg: ExperimentConfig) -> dict[str, int]:
     return {"vqgan": fixed, "maskgit": cfg.seed, "sample": cfg.sample.seed, "judge": fixed}
 
 
-GENERATOR = Generator(nodes, seeds, model_seeds=("maskgit", "sample"), model_role="maskgit")
+GENERATOR = Generator(nodes, seeds, model_seeds=("maskgit", "sample"), model_role="maskgit", label="MaskGIT-VQ")

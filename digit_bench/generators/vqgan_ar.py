@@ -36,4 +36,4 @@ def seeds(cfg: ExperimentConfig) -> dict[str, int]:
     return {"vqgan": fixed, "gpt": cfg.seed, "sample": cfg.sample.seed, "judge": fixed}
 
 
-GENERATOR = Generator(nodes, seeds, model_seeds=("gpt", "sample"), model_role="gpt")
+GENERATOR = Generator(nodes, seeds, model_seeds=("gpt", "sample"), model_role="gpt", label="VQGAN-AR")
