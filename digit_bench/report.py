@@ -37,7 +37,6 @@ import math
 import platform
 import re
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -1194,14 +1193,3 @@ def report_from_csv(folder: Path, out_dir: Optional[Path] = None, published_csv:
     profile = str(df["profile"].iloc[0]) if "profile" in df else folder.name
     return write_report(rows, out_dir, sweep=sweep, profile=profile, swept_keys=config_columns(df), failed=failed,
                         published_csv=published_csv)
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """`python -m digit_bench.report ...`: the same as `digit-bench report ...`."""
-    from digit_bench.cli import main as cli_main
-
-    return cli_main(["report", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
