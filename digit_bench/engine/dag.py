@@ -86,7 +86,9 @@ class ImportedNode(Node):
 
 
 def imported_node(kind: str, aid: str) -> Node:
-    return ImportedNode("imported", aid.rsplit("-", 1)[0], {"kind": kind, "id": aid})
+    from digit_bench.stages import imported
+
+    return ImportedNode("imported", aid.rsplit("-", 1)[0], imported.Cfg(kind=kind, id=aid))
 
 
 

@@ -27,7 +27,7 @@ from typing import Callable
 from digit_bench.config import PROBE_PAPER_FIELDS, ExperimentConfig, ProbeConfig, to_dict
 from digit_bench.data import GREY_DATASETS
 from digit_bench.engine.dag import Node, imported_node
-from digit_bench.stages import classifier, evaluate, real_images, reference, sample, train, vq_tokenize
+from digit_bench.stages import classifier, evaluate, probe, real_images, reference, sample, train, vq_tokenize
 from digit_bench.stages import vqgan as vqgan_stage
 
 FIXED_SEED = 0  # configured seed of the VQGAN, stage 2, VAE and classifier (offset by the run seed under full scope)
@@ -160,12 +160,12 @@ def stage1_nodes(cfg: ExperimentConfig, tokens: Node, label: str) -> dict[str, N
                    {"gpt": gpt, **prompts})
     out = {"gpt": gpt, "samples": samples}
     if cfg.probe.enabled:
-        probe = {"probe": probe_settings(cfg), "seed": cfg.seed}
-        online = {}
+        settings, online = probe_settings(cfg), {}
         if cfg.probe.protocol == "paper":  # it tokenizes augmented views on the fly: the data and the tokenizer
-            probe.update(data=to_dict(cfg.data), backbone=to_dict(cfg.backbone))
+            settings.update(data=to_dict(cfg.data), backbone=to_dict(cfg.backbone))
             online = {r: p for r, p in tokens.parents.items() if r in ("centroids", "ssl", "vqgan")}
-        out["probe"] = Node("probe", f"{cfg.gpt.size}-{label}-s{cfg.seed}", probe, {"gpt": gpt, "tokens": tokens, **online})
+        out["probe"] = Node("probe", f"{cfg.gpt.size}-{label}-s{cfg.seed}", probe.Cfg(probe=settings, seed=cfg.seed),
+                            {"gpt": gpt, "tokens": tokens, **online})
     return out
 
 

@@ -8,6 +8,7 @@ cannot make it, so computing it means the import was not done under this root.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from digit_bench.artifacts import Artifact
@@ -18,6 +19,14 @@ KIND = "infer"  # one task
 RESUMABLE = False
 
 
-def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
-    raise UserError(f"imported {cfg['kind']} artifact {cfg.get('id', '')} is not under this root; register the file "
-                    f"first with `digit-bench import {cfg['kind']} <file> --root <the same root>`")
+@dataclass(frozen=True)
+class Cfg:
+    """No parents: the artifact is registered by `digit-bench import`, never computed."""
+
+    kind: str  # centroids | gpt | images
+    id: str  # its artifact id (content hash)
+
+
+def compute(cfg: Cfg, parents: dict[str, Artifact], out: Path) -> dict:
+    raise UserError(f"imported {cfg.kind} artifact {cfg.id} is not under this root; register the file "
+                    f"first with `digit-bench import {cfg.kind} <file> --root <the same root>`")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,15 @@ from digit_bench.loaders import device, device_info, load_backbone, load_gpt, lo
 VERSION = 3
 KIND = "infer"  # one task
 RESUMABLE = False
+
+
+@dataclass(frozen=True)
+class Cfg:
+    """Parents: gpt, tokens; under the paper protocol also the tokenizer (centroids [+ ssl], or vqgan)."""
+
+    probe: dict  # config.ProbeConfig fields (the paper protocol's only when it is chosen: generators.common.probe_settings);
+    # under the paper protocol also "data" and "backbone" (config dicts): it tokenizes augmented views on the fly
+    seed: int
 
 
 @torch.no_grad()
@@ -117,9 +127,9 @@ def epoch_draws(rows: np.ndarray, steps: int, batch_size: int, seed: int):
             draw += 1
 
 
-def online_encoder(cfg: dict, parents: dict[str, Artifact]):
+def online_encoder(pc: dict, parents: dict[str, Artifact]):
     """encode(uint8 images (B, H, W, 3)) -> (features, token ids (B, T)) with the run's own tokenizer: the VQGAN
-    parent, or the backbone of `cfg["backbone"]` with the centroids parent (its backend and metric from its manifest)."""
+    parent, or the backbone of `pc["backbone"]` with the centroids parent (its backend and metric from its manifest)."""
     from digit_bench.tokenizers.encoders import kmeans_encoder, vqgan_encoder
 
     if "vqgan" in parents:
@@ -134,7 +144,7 @@ def online_encoder(cfg: dict, parents: dict[str, Artifact]):
         return encode
     km = parents["centroids"].manifest
     centroids = np.load(parents["centroids"] / "centroids.npy")  # (K, D)
-    return kmeans_encoder(load_backbone(cfg["backbone"], parents), centroids, km["backend"], km["spherical"])
+    return kmeans_encoder(load_backbone(pc["backbone"], parents), centroids, km["backend"], km["spherical"])
 
 
 @torch.no_grad()
@@ -148,14 +158,14 @@ def pooled_states(model, encode, images: np.ndarray, layers: int) -> list[torch.
         return [h.float().mean(1) for h in model.hidden_states(ids, null, last_token=True)[:layers]]  # layers x (B, D)
 
 
-def paper_probe(model, cfg: dict, parents: dict[str, Artifact]) -> dict:
-    """The released probe protocol (paper §4) on the run's data (`cfg["data"]`) and tokenizer."""
+def paper_probe(model, cfg: Cfg, parents: dict[str, Artifact]) -> dict:
+    """The released probe protocol (paper §4) on the run's data (`cfg.probe["data"]`) and tokenizer."""
     from digit_bench.config import DataConfig, build
     from digit_bench.data import load_split
 
-    data = build(DataConfig, cfg["data"])
-    return sgd_probe(model, online_encoder(cfg, parents), load_split(data, "train"), load_split(data, "test"),
-                     data.image_size, cfg["probe"], cfg["seed"])
+    data = build(DataConfig, cfg.probe["data"])
+    return sgd_probe(model, online_encoder(cfg.probe, parents), load_split(data, "train"), load_split(data, "test"),
+                     data.image_size, cfg.probe, cfg.seed)
 
 
 def sgd_probe(model, encode, train, test, image_size: int, pc: dict, seed: int) -> dict:
@@ -205,10 +215,10 @@ def sgd_probe(model, encode, train, test, image_size: int, pc: dict, seed: int) 
             "probe_layer_holdout_top1": holdout, "probe_protocol": "paper", "final_loss": loss}
 
 
-def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
+def compute(cfg: Cfg, parents: dict[str, Artifact], out: Path) -> dict:
     from digit_bench.eval.linear_probe import train_linear_probes
 
-    pc, tok = cfg["probe"], parents["tokens"]
+    pc, tok = cfg.probe, parents["tokens"]
     model = load_gpt(parents["gpt"])
     if pc.get("protocol", "converged") == "paper":
         result = paper_probe(model, cfg, parents)
@@ -220,7 +230,7 @@ def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
     train_labels = np.load(tok / "labels_train.npy")
     keep = np.arange(len(train_labels))
     if pc["num_train"] is not None and pc["num_train"] < len(keep):
-        keep = np.sort(np.random.default_rng(cfg["seed"]).choice(len(keep), pc["num_train"], replace=False))
+        keep = np.sort(np.random.default_rng(cfg.seed).choice(len(keep), pc["num_train"], replace=False))
     test_tokens = np.load(tok / "tokens_test.npy", mmap_mode="r")[0]
     test_labels = np.load(tok / "labels_test.npy")
     work = out / "features"  # pooled features of every layer: memory maps, deleted once the heads are trained
@@ -229,8 +239,7 @@ def compute(cfg: dict, parents: dict[str, Artifact], out: Path) -> dict:
                                  torch.from_numpy(train_labels[keep]),
                                  pooled_hidden_states(model, test_tokens, out=work, name="test"), torch.from_numpy(test_labels),
                                  l2s=pc["l2s"], max_iter=pc["max_iter"], holdout_fraction=pc["holdout_fraction"],
-                                 seed=cfg["seed"],
-                                 num_classes=tok.manifest["num_classes"])
+                                 seed=cfg.seed, num_classes=tok.manifest["num_classes"])
     shutil.rmtree(work)
     result["probe_curve"] = result.pop("probe_layer_top1")  # test top-1 per layer, embedding output first
     result["probe_protocol"] = "converged"
