@@ -156,8 +156,8 @@ def test_tiny_profile_dino_beats_the_untrained_random_vit_on_knn(tmp_path):
     from pathlib import Path
 
     from digit_bench.artifacts import Store
-    from digit_bench.backbones import random_vit
-    from digit_bench.config import load_sweep, to_dict
+    from digit_bench.backbones import build_backbone
+    from digit_bench.config import load_sweep
     from digit_bench.data import load_split
     from digit_bench.engine.dag import compute
     from digit_bench.generators.digit import backbone_parents
@@ -169,7 +169,7 @@ def test_tiny_profile_dino_beats_the_untrained_random_vit_on_knn(tmp_path):
 
     train, val = load_split(dino.data, "train"), load_split(dino.data, "val")
     reference = np.random.default_rng(dino.backbone.init_seed).permutation(len(train.labels))[:5000]
-    untrained = ssl.evaluate_backbone(random_vit(**to_dict(control.backbone)).model,
+    untrained = ssl.evaluate_backbone(build_backbone(control.backbone).model,
                                       train.images[reference], np.asarray(train.labels)[reference],
                                       val.images[:], np.asarray(val.labels))
     print(f"kNN top-1: dino_tiny {trained['knn_top1']:.3f}, random_vit {untrained['knn_top1']:.3f}; "
