@@ -804,7 +804,7 @@ def _model_role(generator) -> Optional[str]:
     """The role of a registered generator's stage-1 model (None for a name no longer registered)."""
     from digit_bench.registry import GENERATORS
 
-    return GENERATORS.get(generator).model_role if isinstance(generator, str) and generator in GENERATORS else None
+    return GENERATORS.get(generator).model_role if _is_generator(generator) else None
 
 
 def _loss_curve(log: Path, role: str, artifact: str, run_id: str) -> list[dict]:
