@@ -358,6 +358,31 @@ def synthetic_imagenet(root: Path, classes: int, train_per_class: int, val_per_c
     return root
 
 
+def micro_run_sets(tiny: bool, data: Path, backbone_weights: Path, inception_weights: Path, num_val: int) -> dict:
+    """The paper profile's `--set` overrides for the device check's micro-run: every step count 2 or less."""
+    sets = {
+        "data.root": data, "data.num_val": 6, "backbone.weights": backbone_weights,
+        "backbone.batch_size": 16, "features.fraction": 1.0, "tokenizer.k": 16, "tokenizer.niter": 2,
+        "train.steps": 2, "train.batch_size": 8, "train.warmup_steps": 1, "train.checkpoint_every": 2,
+        "sample.num_samples": 6, "sample.batch_size": 6,  # precision/recall need > k + 1 = 4
+        "vqgan.weights": "null", "vqgan.train.steps": 2, "vqgan.train.batch_size": 2, "vqgan.disc_start": 1,
+        "vqgan.train.checkpoint_every": 2,
+        "stage2.train.steps": 2, "stage2.train.batch_size": 8, "stage2.train.warmup_steps": 1,
+        "stage2.train.checkpoint_every": 2,
+        "eval.weights": inception_weights, "eval.num_reference": num_val, "eval.bootstrap": 2,
+        "eval.kid_subset_size": 4, "eval.local_train.steps": 2, "eval.local_train.batch_size": 8,
+        "probe.max_iter": 5, "probe.steps": 2, "probe.batch_size": 8, "stability.num_images": 2,
+        "stability.snrs_db": "[20]",
+        # one device: the profile's 4-GPU DDP shape (4 x micro-batch 128) does not apply to this micro-run
+        "launcher.gpus_per_node": 1, "launcher.tasks_per_node": 1, "train.micro_batch_size": "null",
+        "stage2.train.micro_batch_size": "null",
+    }
+    if tiny:  # CPU: the paper's layout and paths, narrower networks
+        sets.update({"gpt.size": "gpt-nano", "stage2.size": "gpt-nano", "vqgan.ch": 32, "data.image_size": 128,
+                     "backbone.img_size": 112})
+    return sets
+
+
 def paper_e2e(c: Check) -> list[dict]:
     """`python -m digit_bench.sweep` on the paper profile: every stage, tiny step counts, a synthetic ImageNet."""
     import subprocess
@@ -379,26 +404,7 @@ def paper_e2e(c: Check) -> list[dict]:
     repo = Path(__file__).resolve().parents[1]
     (work / "doctor.yaml").write_text(f"include: {repo / 'ablations' / '_base.yaml'}\nname: doctor_paper\nseeds: [0]\n")
     n_train = classes * per_class
-    sets = {
-        "data.root": data, "data.num_val": 6, "backbone.weights": work / "dinov2_random.pth",
-        "backbone.batch_size": 16, "features.fraction": 1.0, "tokenizer.k": 16, "tokenizer.niter": 2,
-        "train.steps": 2, "train.batch_size": 8, "train.warmup_steps": 1, "train.checkpoint_every": 2,
-        "sample.num_samples": 6, "sample.batch_size": 6,  # precision/recall need > k + 1 = 4
-        "vqgan.weights": "null", "vqgan.train.steps": 2, "vqgan.train.batch_size": 2, "vqgan.disc_start": 1,
-        "vqgan.train.checkpoint_every": 2,
-        "stage2.train.steps": 2, "stage2.train.batch_size": 8, "stage2.train.warmup_steps": 1,
-        "stage2.train.checkpoint_every": 2,
-        "eval.weights": inception.weights, "eval.num_reference": classes * val, "eval.bootstrap": 2,
-        "eval.kid_subset_size": 4, "eval.local_train.steps": 2, "eval.local_train.batch_size": 8,
-        "probe.max_iter": 5, "stability.num_images": 2,
-        "stability.snrs_db": "[20]",
-        # one device: the profile's 4-GPU DDP shape (4 x micro-batch 128) does not apply to this micro-run
-        "launcher.gpus_per_node": 1, "launcher.tasks_per_node": 1, "train.micro_batch_size": "null",
-        "stage2.train.micro_batch_size": "null",
-    }
-    if c.tiny:  # CPU: the paper's layout and paths, narrower networks
-        sets.update({"gpt.size": "gpt-nano", "stage2.size": "gpt-nano", "vqgan.ch": 32, "data.image_size": 128,
-                     "backbone.img_size": 112})
+    sets = micro_run_sets(c.tiny, data, work / "dinov2_random.pth", inception.weights, classes * val)
     cmd = [sys.executable, "-m", "digit_bench.sweep", str(work / "doctor.yaml"), "--profile", "paper", "--cluster",
            "debug", "--root", str(work / "runs"), "--results", str(work / "results")]
     for key, value in sets.items():

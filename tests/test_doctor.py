@@ -19,7 +19,7 @@ def gpu_check(tmp_path: Path, *args: str) -> tuple[dict, str]:
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--device", "cpu", "--tiny",
-                           "--out", str(out), *args], capture_output=True, text=True, env=env, timeout=300,
+                           "--out", str(out), *args], capture_output=True, text=True, env=env, timeout=540,
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text()), proc.stdout
@@ -101,3 +101,24 @@ def test_random_inception_is_reproducible_and_its_features_do_not_collapse(tmp_p
     images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)  # (N, H, W, 3)
     feats = extract_features(images, a, 4, [a.feature_layer], cuda=False)[a.feature_layer]  # (4, 2048)
     assert feats.shape == (4, 2048) and feats.std(0).mean() > 1e-3
+
+
+def test_micro_run_overrides_every_step_count(tmp_path):
+    """The paper micro-run must not inherit a paper-sized loop (a 100k-step probe once ran for hours inside it)."""
+    from digit_bench.config import flatten, load_sweep
+    from digit_bench.doctor import micro_run_sets
+    from digit_bench.engine.dag import make_plan
+
+    for tiny in (True, False):
+        sets = micro_run_sets(tiny, tmp_path, tmp_path / "b.pth", tmp_path / "i.pth", 8)
+        (tmp_path / "d.yaml").write_text(f"include: {REPO / 'ablations' / '_base.yaml'}\nname: d\nseeds: [0]\n")
+        sweep = load_sweep(tmp_path / "d.yaml", "paper", [f"{k}={v}" for k, v in sets.items()])
+        loops = {}
+        for node in (n for wave in make_plan(sweep).waves for n in wave if isinstance(n.cfg, dict)):
+            flat = flatten(node.cfg)
+            converged = flat.get("probe.protocol") == "converged"  # its SGD fields are defaults it never reads
+            loops.update({f"{node.stage}:{k}": v for k, v in flat.items()
+                          if k.rsplit(".", 1)[-1] in ("steps", "max_iter", "niter")
+                          and not (converged and k == "probe.steps")})
+        assert {"train:train.steps", "probe:probe.steps", "tokenizer_metrics:probe.max_iter"} <= set(loops)
+        assert {k: v for k, v in loops.items() if v > 5} == {}
