@@ -198,6 +198,13 @@ class ProbeConfig:
 PROBE_PAPER_FIELDS = ("protocol", "lr", "momentum", "weight_decay", "steps", "batch_size", "crop_scale", "eval_crop")
 
 
+def probe_hashed(probe: ProbeConfig) -> dict:
+    """The probe section as ids hash it: the paper protocol's fields only when that protocol is chosen, so they never
+    re-key a converged probe."""
+    d = to_dict(probe)
+    return d if probe.protocol == "paper" else {k: v for k, v in d.items() if k not in PROBE_PAPER_FIELDS}
+
+
 @dataclass(frozen=True)
 class StabilityConfig:
     snrs_db: tuple[float, ...] = (30, 25, 20, 15, 10, 5, 1, 0.01)  # Table 1's SNRs, in dB of signal power / noise power
@@ -854,8 +861,7 @@ def run_id(cfg: ExperimentConfig, point: dict) -> str:
     d = to_dict(cfg)
     d.pop("launcher")
     d.pop("name")
-    if cfg.probe.protocol == "converged":  # the paper protocol's settings do not touch a converged probe's results
-        d["probe"] = {k: v for k, v in d["probe"].items() if k not in PROBE_PAPER_FIELDS}
+    d["probe"] = probe_hashed(cfg.probe)
     slug = "-".join(_slug(v) if isinstance(v, str) else _slug(f"{k.split('.')[-1]}{v}")
                     for k, v in point.items() if k != "seed") or "run"
     return f"{slug}-s{point['seed']}-{config_hash(d, 8)}"

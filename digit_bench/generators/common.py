@@ -24,7 +24,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
-from digit_bench.config import PROBE_PAPER_FIELDS, ExperimentConfig, ProbeConfig, to_dict
+from digit_bench.config import PROBE_PAPER_FIELDS, ExperimentConfig, ProbeConfig, probe_hashed, to_dict
 from digit_bench.data import GREY_DATASETS
 from digit_bench.engine.dag import Node, imported_node
 from digit_bench.stages import classifier, evaluate, probe, real_images, reference, sample, train, vq_tokenize
@@ -172,8 +172,7 @@ def stage1_nodes(cfg: ExperimentConfig, tokens: Node, label: str) -> dict[str, N
 def probe_settings(cfg: ExperimentConfig) -> dict:
     """The probe section as its artifacts hash it: the paper protocol's fields only when it is chosen, so they never
     re-key a converged probe (or the Acc@OL of tokenizer_metrics)."""
-    d = to_dict(cfg.probe)
-    return d if cfg.probe.protocol == "paper" else {k: v for k, v in d.items() if k not in PROBE_PAPER_FIELDS}
+    return probe_hashed(cfg.probe)
 
 
 def acc_ol_probe(cfg: ExperimentConfig) -> ProbeConfig:
