@@ -200,11 +200,11 @@ def token_change_vs_snr(df, runs, keys, fd):
     return fig, "fig_token_change_vs_snr"
 
 
-def fd_vs_stability(df, runs, keys, fd):
-    x = "token_change_snr20"
+def _fd_vs_tokenizer_metric(df, runs, keys, fd, x: str, title: str):
+    """FD of each tokenizer's cells against one tokenizer metric, with the decoder ceilings as lines."""
     if fd is None or x not in runs or len(_distinct_tokenizers(runs)) < 2:
         return None
-    fig, ax = _new("Sample quality vs token stability")
+    fig, ax = _new(title)
     for label, col, g in _series(runs, keys, "__none__"):
         if g[x].notna().any() and g[fd].notna().any():  # no legend entry for a generator without tokens (LDM)
             _errorbar(ax, [g[x].mean()], cells(g, [], fd), color=col, label=label, ls="none")
@@ -212,6 +212,15 @@ def fd_vs_stability(df, runs, keys, fd):
     ax.set(xlabel=axis_label(x), ylabel=axis_label(fd))
     _legend(ax)
     return fig, f"fig_{fd}_vs_{x}"
+
+
+def fd_vs_stability(df, runs, keys, fd):
+    return _fd_vs_tokenizer_metric(df, runs, keys, fd, "token_change_snr20", "Sample quality vs token stability")
+
+
+def fd_vs_encoder(df, runs, keys, fd):
+    """The paper's argument in one picture: does a stronger encoder (kNN of its own features) give a lower FD?"""
+    return _fd_vs_tokenizer_metric(df, runs, keys, fd, "knn_ol", "Sample quality vs encoder quality")
 
 
 def fd_vs_cost(df, runs, keys, fd):
@@ -291,7 +300,8 @@ def fd_vs_settings(df, runs, keys, fd):
     return figures
 
 
-FIGURES = (fd_vs_k, fd_vs_params, probe_vs_layer, token_change_vs_snr, fd_vs_stability, fd_vs_cost, fd_vs_settings)
+FIGURES = (fd_vs_k, fd_vs_params, probe_vs_layer, token_change_vs_snr, fd_vs_stability, fd_vs_encoder, fd_vs_cost,
+           fd_vs_settings)
 
 
 def draw_all(csv_path: Path, out_dir: Path) -> list[Path]:

@@ -56,8 +56,12 @@ METRICS: tuple[Metric, ...] = (
            "paper (ImageNet): 71.7–80.3."),
     Metric("probe_top5", True, "linear-probe top-5 (%)", "as probe_top1, top-5.", "near 100 on 10 classes."),
     Metric("probe_layer", None, "probe layer", "the GPT layer the probe chose (a choice, not a score).", "—"),
-    Metric("acc_ol", True, "token linear-probe top-1 (%)", "linear probe on the mean-pooled one-hot tokens (the "
-           "tokenizer alone, no GPT).", "higher: tokens that keep class information."),
+    Metric("acc_ol", True, "encoder linear-probe top-1 (%)", "Acc@OL: linear probe on the tokenizer's own features "
+           "(the frozen backbone's block output that K-Means clusters), mean-pooled over patches; no GPT.",
+           "higher: an encoder whose features keep class information (paper Fig. 4a: DINOv2 > MAE)."),
+    Metric("knn_ol", True, "encoder kNN top-1 (%)", "kNN@OL: DINO's weighted kNN (k = 20, T = 0.07, cosine) on the "
+           "same mean-pooled features, at most 10,000 train images as the bank, top-1 on the test split; no fitted "
+           "parameters.", "higher: a stronger encoder (raw pixels of Fashion-MNIST: ~80%)."),
     Metric("codebook_usage", True, "codebook usage (fraction)", "fraction of the K codes used on the test split.",
            "1.0: no dead codes."),
     Metric("codebook_perplexity", True, "codebook perplexity", "exp(entropy) of the code histogram on the test split.",

@@ -140,7 +140,7 @@ def main_metrics(df: pd.DataFrame) -> list[str]:
     fd = primary_fd(df)
     extractor = "" if fd in (None, "fid") else fd.removeprefix("fd")
     wanted = [fd, "is" + extractor if extractor else "is", f"precision{extractor}", f"recall{extractor}", "class_acc",
-              "probe_top1", "acc_ol", "token_change_snr20", "params", "cost.total.wall_s"]
+              "probe_top1", "acc_ol", "knn_ol", "token_change_snr20", "params", "cost.total.wall_s"]
     return [c for c in wanted if c and c in df and pd.api.types.is_numeric_dtype(df[c]) and df[c].notna().any()]
 
 

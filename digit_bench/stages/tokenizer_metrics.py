@@ -5,7 +5,8 @@
   cosine similarity of the pre-quantisation features (definition in tokenizers/stability.py);
 - K-Means only: seed agreement (adjusted Rand index between the assignments of this codebook and of the
   `reseeded_centroids` parent, a cluster artifact fitted with seed + 1 on the same features; absent for imported
-  centroids) and Acc@OL, the linear probe of the backbone's own mean-pooled features.
+  centroids), Acc@OL, the linear probe of the backbone's own mean-pooled features, and kNN@OL, DINO's weighted kNN
+  (k = 20, T = 0.07, cosine) on the same features: an encoder-quality axis with no fitted parameters.
 Works for K-Means tokens (parents: tokens, centroids, [reseeded_centroids], [ssl]; the backbone config is this
 stage's own input) and VQGAN tokens (parents: tokens, vqgan).
 """
@@ -25,9 +26,27 @@ from digit_bench.data import load_split
 from digit_bench.loaders import device_info, load_backbone, load_vqgan, save_json
 from digit_bench.tokenizers.encoders import kmeans_encoder, vqgan_encoder
 
-VERSION = 3
+VERSION = 4
 KIND = "infer"  # one task
 RESUMABLE = False
+
+
+KNN_BANK = 10_000  # train rows in the kNN bank at most (seeded), so memory does not grow with the data set
+KNN_CHUNK = 4_096  # test rows per search
+
+
+def knn_top1(train: np.ndarray, train_labels: np.ndarray, test: np.ndarray, test_labels: np.ndarray) -> float:
+    """Weighted kNN top-1 (%) of test rows against a seeded bank of at most KNN_BANK train rows, chunk by chunk;
+    features (N, D) may be float16 memory maps."""
+    from digit_bench.ssl import knn_accuracy
+
+    bank = np.sort(np.random.default_rng(0).permutation(len(train))[:KNN_BANK])
+    bank_feats, bank_labels = np.asarray(train[bank], np.float32), train_labels[bank]  # (M, D), (M,)
+    correct = 0.0
+    for start in range(0, len(test), KNN_CHUNK):
+        y = test_labels[start:start + KNN_CHUNK]
+        correct += len(y) * knn_accuracy(bank_feats, bank_labels, np.asarray(test[start:start + KNN_CHUNK]), y)
+    return 100 * correct / len(test)
 
 
 def seed_agreement(other: np.ndarray, backend: str, spherical: bool, images: np.ndarray, encode) -> float:
@@ -80,6 +99,8 @@ def compute(cfg: Cfg, parents: dict[str, Artifact], out: Path) -> dict:
                                  l2s=list(pc.l2s), max_iter=pc.max_iter, holdout_fraction=pc.holdout_fraction,
                                  seed=0, num_classes=meta["num_classes"])
         row["acc_ol"] = ol["probe_top1"]
+        row["knn_ol"] = knn_top1(np.load(tok / "pooled_train.npy", mmap_mode="r"), np.load(tok / "labels_train.npy"),
+                                 np.load(tok / "pooled_test.npy", mmap_mode="r"), np.load(tok / "labels_test.npy"))
     row.update(stability(encode, images, list(st.snrs_db), st.seed))
     save_json(out / "metrics.json", row)
     return {"num_images": len(images), **device_info()}
