@@ -122,7 +122,7 @@ def fd_vs_k(df, runs, keys, fd):
             continue
         _errorbar(ax, ks, cells(g, [x], fd), color=col, label=label)
         if "artifacts.ceiling_metrics" in g:
-            ceil = [ceilings.get(g[g[x] == k]["artifacts.ceiling_metrics"].iloc[0], np.nan) for k in ks]
+            ceil = [g[g[x] == k]["artifacts.ceiling_metrics"].map(ceilings).mean() for k in ks]  # over seeds
             if not np.isnan(ceil).all():
                 ax.plot(ks, ceil, ls="--", color=col, lw=1, label=f"{label}: decoder ceiling")
     _ceiling_lines(ax, df, fd)
@@ -290,7 +290,7 @@ def fd_vs_settings(df, runs, keys, fd):
             xs = sorted(g[x].unique())
             _errorbar(ax, xs, cells(g, [x], fd), color=col, label=label)
             if "artifacts.ceiling_metrics" in g:
-                ceil = [ceilings.get(g[g[x] == v]["artifacts.ceiling_metrics"].iloc[0], np.nan) for v in xs]
+                ceil = [g[g[x] == v]["artifacts.ceiling_metrics"].map(ceilings).mean() for v in xs]  # over seeds
                 if not np.isnan(np.asarray(ceil, float)).all():
                     ax.plot(xs, ceil, ls="--", color=col, lw=1, label=f"{label}: decoder ceiling")
         _ceiling_lines(ax, df, fd)

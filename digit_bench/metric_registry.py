@@ -61,7 +61,8 @@ METRICS: tuple[Metric, ...] = (
            "higher: an encoder whose features keep class information (paper Fig. 4a: DINOv2 > MAE)."),
     Metric("knn_ol", True, "encoder kNN top-1 (%)", "kNN@OL: DINO's weighted kNN (k = 20, T = 0.07, cosine) on the "
            "same mean-pooled features, at most 10,000 train images as the bank, top-1 on the test split; no fitted "
-           "parameters.", "higher: a stronger encoder (raw pixels of Fashion-MNIST: ~80%)."),
+           "parameters.", "higher: a stronger encoder; mean pooling keeps what is in the image, not where, so raw pixel "
+           "patches score low."),
     Metric("codebook_usage", True, "codebook usage (fraction)", "fraction of the K codes used on the test split.",
            "1.0: no dead codes."),
     Metric("codebook_perplexity", True, "codebook perplexity", "exp(entropy) of the code histogram on the test split.",

@@ -369,16 +369,22 @@ def _spread_text(c: Cell, name: str) -> str:
 
 
 def _ceiling_gaps(runs: pd.DataFrame, ceilings: pd.DataFrame, keys: list[str], fd: Optional[str]) -> list[str]:
-    """Per run cell: its mean FD minus its own ceiling's FD ("DiGIT+VQ" for DiGIT, "VQ only" for VQGAN-AR)."""
+    """Per run cell: the mean over its runs of each run's FD minus its own ceiling's FD ("DiGIT+VQ" for DiGIT, "VQ
+    only" for VQGAN-AR); with full-pipeline seeds every seed has its own decoders, so the gap is paired per seed."""
     if fd is None or "artifacts.ceiling_metrics" not in runs:
         return []
-    ceiling_fd = ceilings.set_index("run_id")[fd] if len(ceilings) else pd.Series(dtype=float)
     gaps = []
     for _, g in runs.groupby(keys, dropna=False, sort=True):
-        cid = g["artifacts.ceiling_metrics"].dropna()
-        c = ceiling_fd.get(cid.iloc[0]) if len(cid) else None
-        gaps.append("–" if c is None or pd.isna(c) else f"{g[fd].mean() - c:+.3g}")
+        gap = (g[fd] - own_ceilings(g, ceilings, fd)).dropna()
+        gaps.append("–" if gap.empty else f"{gap.mean():+.3g}")
     return gaps
+
+
+def own_ceilings(runs: pd.DataFrame, ceilings: pd.DataFrame, name: str) -> pd.Series:
+    """Per run row: `name` of the ceiling row its `artifacts.ceiling_metrics` points to (NaN when it has none)."""
+    if "artifacts.ceiling_metrics" not in runs or not len(ceilings) or name not in ceilings:
+        return pd.Series(np.nan, index=runs.index)
+    return runs["artifacts.ceiling_metrics"].map(ceilings.set_index("run_id")[name]).astype(float)
 
 
 def cell_table(runs: pd.DataFrame, keys: list[str], names: list[str], *, intervals: bool, title: str, tag: str,
@@ -492,17 +498,19 @@ def ceiling_table(ceilings: pd.DataFrame, names: list[str], keys: list[str]) -> 
         for i, r in same.iterrows():
             labels[i] = row_label(r, []) + "".join(f" · {key_name(k, keys)}={_fmt_key(r[k])}"
                                                    for k in differ if not pd.isna(r[k]))
-    text = pd.DataFrame({"label": list(labels)})
+    groups = [g for _, g in ceilings.groupby(labels, sort=False)]  # one row per label, its seeds pooled like a cell
+    text = pd.DataFrame({"label": [labels[g.index[0]] for g in groups], "n": [len(g) for g in groups]})
     sort = pd.DataFrame(np.nan, index=text.index, columns=text.columns)
     for name in names:
         if name not in ceilings or ceilings[name].isna().all():
             continue
-        group = [Cell(pd.Series([r[name]]).dropna(), r.get(f"{name}_ci_low"), r.get(f"{name}_ci_high"))
-                 for _, r in ceilings.iterrows()]
+        group = [cells(g, [], name)[0] for g in groups]
         text[name + _arrow(name)] = [_interval_text(c) for c in group]
         sort[name + _arrow(name)] = [c.mean for c in group]
     return Table("Ceilings: real data and decoders", text, None,
-                 "The best any generator can score on this protocol; never bold.", sort, "ceilings")
+                 "The best any generator can score on this protocol; never bold. With several seeds (n), a seed "
+                 "retrains the decoders, so each ceiling is a mean [95% interval] over seeds like a cell.", sort,
+                 "ceilings")
 
 
 # ------------------------------------------------------------------------------------------------ protocol card
@@ -926,7 +934,7 @@ def _grids_html(df: pd.DataFrame, keys: list[str], out_dir: Path) -> str:
     for row in [*[r for _, r in ceilings.iterrows()], *firsts]:
         path = out_dir / "samples" / f"{row['run_id']}.png"
         if path.is_file():
-            label = row_label(row, keys) + (f" (seed {_fmt_key(row['seed'])})" if row["row_kind"] == "run" else "")
+            label = row_label(row, keys) + (f" (seed {_fmt_key(row['seed'])})" if "seed" in row and not pd.isna(row["seed"]) else "")
             figures.append(f'<figure><img src="samples/{path.name}" alt="samples of {html.escape(label)}">'
                            f"<figcaption>{html.escape(label)}</figcaption></figure>")
     if not figures:

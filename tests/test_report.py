@@ -457,3 +457,23 @@ def test_claims_compare_like_with_like_on_the_committed_conditional_results():
     table = report.claim_table(runs, ["generator", "gpt.class_conditional"]).text
     row = table[table["claim"].str.startswith("DiGIT beats the same GPT")].iloc[0]
     assert "class_conditional=True" in row["A"] and "class_conditional=True" in row["B"]
+
+
+def test_full_seed_ceilings_pool_over_seeds_and_gaps_pair_each_seed_with_its_own_decoder(tmp_path):
+    """The committed default tiny table (seed_scope full): every seed retrains the decoders, so a ceiling row per
+    label pools its seeds (n = 2) and Δ ceiling is the mean of each run's FD minus its own seed's ceiling."""
+    csv = REPO / "results" / "backbones" / "tiny" / "results.csv"
+    df = pd.read_csv(csv)
+    ceilings, runs = df[df["row_kind"] == "ceiling"], df[df["row_kind"] == "run"]
+    assert set(runs["seed_scope"]) == {"full"} and ceilings["seed"].nunique() == 2
+    out = tmp_path / "backbones" / "tiny"
+    report.report_from_csv(csv, out)
+    text = (out / "table.md").read_text()
+    ceiling_section = text.split("## Ceilings")[1].split("## Full table")[0]
+    labels = [ln.split(" | ")[0].lstrip("| ") for ln in ceiling_section.splitlines() if ln.startswith("| ")][2:]
+    assert len(labels) == len(set(labels)) == ceilings["generator"].nunique()
+    dino = runs[runs["run_id"].str.startswith("digit-dino_tiny-")]
+    own = dino["artifacts.ceiling_metrics"].map(ceilings.set_index("run_id")["fd_local"])
+    assert own.notna().all() and own.nunique() == 2  # one decoder ceiling per seed
+    row = next(ln for ln in text.split("## Main table")[1].splitlines() if ln.startswith("| DiGIT · dino_tiny"))
+    assert row.rstrip(" |").split(" | ")[-1] == f"{(dino['fd_local'] - own).mean():+.3g}"
