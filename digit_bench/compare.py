@@ -2,10 +2,13 @@
 
 Rows are matched on what identifies a result, not on artifact ids (those change with code versions): the generator
 label, the seed and every swept config column the two files share. Per matched row and metric:
-- FD columns with an interval in A (`<fd>_ci_low`, `<fd>_ci_high`): B's bias-corrected `<fd>_bc` when both files
-  carry it (A's interval is then one of the true FD), else B's `<fd>`, must lie in [low, high];
-- any other metric, when A holds two or more seeds of the cell: B's value must lie in A's 95% prediction interval
-  for one more run, mean ± t(0.975, n-1) · sd · sqrt(1 + 1/n), over A's seeds;
+- when A holds two or more seeds of the cell: B's value must lie in A's 95% prediction interval for one more run,
+  mean ± t(0.975, n-1) · sd · sqrt(1 + 1/n), over A's seeds. A rerun on another machine (or another instruction
+  set on the same one) retrains every stage along a different floating-point path, which acts like a new seed of
+  each trained stage, so only seeds that retrain those stages (seed_scope full) give an interval it should land in;
+- else, FD columns with a per-run interval in A (`<fd>_ci_low`, `<fd>_ci_high`): B's bias-corrected `<fd>_bc` when
+  both files carry it (A's interval is then one of the true FD), else B's `<fd>`, must lie in [low, high]. That
+  interval covers the sampling of generated and reference images only, not retraining;
 - otherwise there is no interval and the row only says whether the values are identical.
 Costs (wall seconds, memory), sizes and ids are not compared. The table goes to stderr (and `--out`, a CSV), the
 summary to stdout.
@@ -75,13 +78,13 @@ def compare_frames(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
             if pd.isna(va) and pd.isna(vb):
                 continue
             low, high, kind, value = np.nan, np.nan, "none", vb
-            if f"{m}_ci_low_a" in row and not pd.isna(row[f"{m}_ci_low_a"]):
+            if (seed_iv := _seed_interval(cells[cell][m].to_numpy(dtype=float))) is not None:
+                (low, high), kind = seed_iv, "seed prediction interval"
+            elif f"{m}_ci_low_a" in row and not pd.isna(row[f"{m}_ci_low_a"]):
                 low, high = row[f"{m}_ci_low_a"], row[f"{m}_ci_high_a"]
                 bc_a, bc_b = row.get(f"{m}_bc_a"), row.get(f"{m}_bc_b")
                 both_bc = bc_a is not None and bc_b is not None and not (pd.isna(bc_a) or pd.isna(bc_b))
                 kind, value = ("fd interval (b: bias-corrected)", bc_b) if both_bc else ("fd interval", vb)
-            elif (seed_iv := _seed_interval(cells[cell][m].to_numpy(dtype=float))) is not None:
-                (low, high), kind = seed_iv, "seed prediction interval"
             inside = bool(low <= value <= high) if kind != "none" and not pd.isna(value) else None
             out.append({**{k: row[k] for k in keys}, "seed": row["seed"], "metric": m, "a": va, "b": vb,
                         "b_compared": value, "low": low, "high": high, "interval": kind, "inside": inside,

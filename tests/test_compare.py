@@ -21,26 +21,30 @@ def rows(fd: list[float], probe: list[float], run_prefix: str) -> pd.DataFrame:
 
 
 def test_inside_outside_and_what_is_compared():
+    # one seed in A: FD is judged against its per-run interval, bias-corrected on both sides
+    t = compare_frames(rows([50.0], [60.0], "old"), rows([49.0], [61.0], "new")).set_index(["generator", "seed", "metric"])
+    assert t.loc[("digit", 0, "fd_local"), "interval"] == "fd interval (b: bias-corrected)"
+    assert t.loc[("digit", 0, "fd_local"), "inside"] and t.loc[("digit", 0, "fd_local"), "b_compared"] == 44.0  # in [42, 48]
+    t = compare_frames(rows([50.0], [60.0], "old"), rows([60.0], [61.0], "new")).set_index(["generator", "seed", "metric"])
+    assert not t.loc[("digit", 0, "fd_local"), "inside"]  # 55 outside [42, 48]
+    # two seeds in A: every metric, FD included, is judged against the seeds' prediction interval for one more run
+    # (t(0.975, 1) = 12.7: 51 +- 22 for FD, 61 +- 22 for the probe), which retraining on another machine should hit
     a = rows([50.0, 52.0], [60.0, 62.0], "old")
-    b = rows([49.0, 70.0], [61.0, 70.0], "new")
-    t = compare_frames(a, b).set_index(["generator", "seed", "metric"])
-    # b's bias-corrected FD (44) inside a's [42, 48]; seed 1: 65 outside [44, 50]
-    assert t.loc[("digit", 0, "fd_local"), "inside"] and t.loc[("digit", 0, "fd_local"), "b_compared"] == 44.0
-    assert not t.loc[("digit", 1, "fd_local"), "inside"]
-    # probe: a's two seeds give a prediction interval around 61 (t(0.975, 1) = 12.7 -> +- 22): 61 in, 70 in too
-    assert t.loc[("digit", 0, "probe_top1"), "interval"] == "seed prediction interval"
-    assert t.loc[("digit", 1, "probe_top1"), "inside"]
+    t = compare_frames(a, rows([49.0, 70.0], [61.0, 90.0], "new")).set_index(["generator", "seed", "metric"])
+    assert (t.loc[("digit", 1, "fd_local"), "interval"] == "seed prediction interval"
+            and t.loc[("digit", 1, "fd_local"), "b_compared"] == 70.0 and t.loc[("digit", 1, "fd_local"), "inside"])
+    assert t.loc[("digit", 0, "probe_top1"), "inside"] and not t.loc[("digit", 1, "probe_top1"), "inside"]
     # the ceiling has no interval: only identity is reported; costs are never compared
     assert t.loc[("vq_recon", 0, "fd_local"), "interval"] == "none" and t.loc[("vq_recon", 0, "fd_local"), "identical"]
     assert "cost.total.wall_s" not in t.index.get_level_values("metric")
 
 
 def test_cli_prints_a_summary(tmp_path, capsys):
-    rows([50.0, 52.0], [60.0, 62.0], "old").to_csv(tmp_path / "a.csv", index=False)
-    rows([49.0, 70.0], [61.0, 70.0], "new").to_csv(tmp_path / "b.csv", index=False)
+    rows([50.0], [60.0], "old").to_csv(tmp_path / "a.csv", index=False)
+    rows([60.0], [61.0], "new").to_csv(tmp_path / "b.csv", index=False)
     assert main(["compare", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--out", str(tmp_path / "t.csv")]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["outside"] == ["digit s1 fd_local: 65 not in [44, 50]"]
+    assert summary["outside"] == ["digit s0 fd_local: 55 not in [42, 48]"]
     assert pd.read_csv(tmp_path / "t.csv")["metric"].nunique() == 2
 
 
