@@ -52,10 +52,11 @@ def _metrics(a: pd.DataFrame, b: pd.DataFrame, keys: list[str]) -> list[str]:
 
 
 def _seed_interval(values: np.ndarray) -> tuple[float, float] | None:
-    """95% prediction interval for one more run from A's per-seed values (None with fewer than two)."""
+    """95% prediction interval for one more run from A's per-seed values (None with fewer than two, or when they are
+    all equal: no spread was measured, e.g. a stage shared by every seed)."""
     values = values[~np.isnan(values)]
     n = len(values)
-    if n < 2:
+    if n < 2 or np.ptp(values) == 0:
         return None
     half = stats.t.ppf(0.975, n - 1) * values.std(ddof=1) * math.sqrt(1 + 1 / n)
     return values.mean() - half, values.mean() + half

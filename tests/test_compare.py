@@ -37,6 +37,11 @@ def test_inside_outside_and_what_is_compared():
     # the ceiling has no interval: only identity is reported; costs are never compared
     assert t.loc[("vq_recon", 0, "fd_local"), "interval"] == "none" and t.loc[("vq_recon", 0, "fd_local"), "identical"]
     assert "cost.total.wall_s" not in t.index.get_level_values("metric")
+    # seeds that agree exactly measured no spread: no zero-width interval, the per-run FD interval is used instead
+    t = compare_frames(rows([50.0, 50.0], [60.0, 60.0], "old"), rows([49.0, 50.0], [61.0, 60.0], "new"))
+    t = t.set_index(["generator", "seed", "metric"])
+    assert t.loc[("digit", 0, "fd_local"), "interval"] == "fd interval (b: bias-corrected)"
+    assert t.loc[("digit", 0, "probe_top1"), "interval"] == "none" and t.loc[("digit", 1, "probe_top1"), "identical"]
 
 
 def test_cli_prints_a_summary(tmp_path, capsys):
