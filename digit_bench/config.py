@@ -226,6 +226,8 @@ class SSLConfig:
     student_temp: float = 0.1
     center_momentum: float = 0.9
     local_crops: int = 4  # DINO multi-crop small views
+    head_input: Literal["cls", "patch_mean"] = "cls"  # what the DINO / supervised head reads: the CLS token (DINO),
+    # or the mean of the final-norm patch tokens, the features the tokenizer and kNN@OL use
     train: TrainConfig = TrainConfig(steps=3000, batch_size=256, lr=1e-3, schedule="cosine", warmup_steps=200,
                                      betas=(0.9, 0.95), weight_decay=0.05, label_smoothing=0.0, checkpoint_every=500)
 

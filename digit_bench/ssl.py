@@ -57,8 +57,11 @@ def vit_arch(cfg: SSLConfig) -> dict:
 
 def build_vit(cfg: SSLConfig) -> VisionTransformer:
     """The one backbone of all three methods; dynamic_img_size lets it take DINO's 16-px local crops (the
-    position table is resampled), and its state dict is identical to that of the plain `vit_arch(cfg)` model."""
-    return VisionTransformer(**vit_arch(cfg), global_pool="token", dynamic_img_size=True)
+    position table is resampled), and its state dict is identical to that of the plain `vit_arch(cfg)` model.
+    Its output (what the DINO and supervised heads read) is the CLS token, or with `head_input: patch_mean` the mean
+    of the final-norm patch tokens (timm's "avg" pool without fc_norm)."""
+    pool = "token" if cfg.head_input == "cls" else "avg"
+    return VisionTransformer(**vit_arch(cfg), global_pool=pool, fc_norm=False, dynamic_img_size=True)
 
 
 # ------------------------------------------------------------------------------------------------ augmentation

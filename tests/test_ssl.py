@@ -175,3 +175,17 @@ def test_tiny_profile_dino_beats_the_untrained_random_vit_on_knn(tmp_path):
     print(f"kNN top-1: dino_tiny {trained['knn_top1']:.3f}, random_vit {untrained['knn_top1']:.3f}; "
           f"linear: {trained['probe_top1']:.3f} vs {untrained['probe_top1']:.3f}")
     assert trained["knn_top1"] > untrained["knn_top1"]
+
+
+@pytest.mark.parametrize("head_input", ["cls", "patch_mean"])
+def test_head_input_picks_the_cls_token_or_the_patch_mean_with_one_state_dict(head_input):
+    cfg = dataclasses.replace(TINY, head_input=head_input)
+    torch.manual_seed(0)
+    vit = ssl.build_vit(cfg).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        tokens = vit.forward_features(x)  # (3, 1+64, D), final norm applied
+        expected = tokens[:, 0] if head_input == "cls" else tokens[:, 1:].mean(dim=1)
+        assert torch.allclose(vit(x), expected, atol=1e-6)
+    plain = VisionTransformer(**ssl.vit_arch(cfg))
+    assert plain.load_state_dict(vit.state_dict(), strict=True)  # backbone.pt loads either way
