@@ -74,7 +74,7 @@ def cmd_plan(args: argparse.Namespace) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> dict:
-    """Compute one role of every run's DAG (and whatever it needs), in-process."""
+    """Compute one role (and whatever it needs) of every run whose DAG has it, in-process."""
     from digit_bench.artifacts import Store, default_root
     from digit_bench.config import load_sweep
     from digit_bench.engine.dag import compute, run_dag
@@ -82,13 +82,12 @@ def cmd_run(args: argparse.Namespace) -> dict:
     sweep = load_sweep(args.yaml, args.profile, args.sets)
     store = Store(args.root or default_root())
     store.ensure_writable()
-    done = {}
-    for run in sweep.runs:
-        dag = run_dag(run.cfg)
-        if args.stage not in dag:
-            raise UserError(f"run {run.run_id} has no stage {args.stage!r}; its stages are: {', '.join(dag)}")
-        node = dag[args.stage]
-        done[run.run_id] = str(compute(store, node, log=log.info).path)
+    dags = {run.run_id: run_dag(run.cfg) for run in sweep.runs}
+    having = {run_id: dag[args.stage] for run_id, dag in dags.items() if args.stage in dag}
+    if not having:  # checked before anything runs; runs without the stage (a baseline's) are skipped
+        roles = dict.fromkeys(role for dag in dags.values() for role in dag)
+        raise UserError(f"no run of sweep {sweep.name} has a stage {args.stage!r}; its stages are: {', '.join(roles)}")
+    done = {run_id: str(compute(store, node, log=log.info).path) for run_id, node in having.items()}
     return {"stage": args.stage, "artifacts": done}
 
 
@@ -243,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPU to plan for (h200, h100, a100, ...); default launcher.gpu_type")
     s.add_argument("--mfu", type=float, default=0.4, help="model FLOP utilisation assumed for GPU-hours (default 0.4)")
     s.set_defaults(fn=cmd_plan)
-    s = sub.add_parser("run", help="compute one stage (role) of every run, in-process")
+    s = sub.add_parser("run", help="compute one stage (role) of every run that has it, in-process")
     s.add_argument("stage", help="role in the run DAG: features, centroids, tokens, gpt, samples, images, metrics, ...")
     add_sweep_args(s)
     s.set_defaults(fn=cmd_run)

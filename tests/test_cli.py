@@ -77,7 +77,7 @@ BAD = {
                          r"error: unknown registry 'backbonez' \(did you mean backbones\?\); choose one of: datasets, "
                          r"backbones, .*"),
     "unknown stage": (lambda t: ["run", "featurez", "ablations/codebook_sizes.yaml", *SMOKE, "--root", str(t / "r")],
-                      r"error: run k16-s0-[0-9a-f]+ has no stage 'featurez'; its stages are: .*\bfeatures\b.*"),
+                      r"error: no run of sweep codebook_sizes has a stage 'featurez'; its stages are: .*\bfeatures\b.*"),
 }
 
 
