@@ -934,7 +934,8 @@ def _grids_html(df: pd.DataFrame, keys: list[str], out_dir: Path) -> str:
     for row in [*[r for _, r in ceilings.iterrows()], *firsts]:
         path = out_dir / "samples" / f"{row['run_id']}.png"
         if path.is_file():
-            label = row_label(row, keys) + (f" (seed {_fmt_key(row['seed'])})" if "seed" in row and not pd.isna(row["seed"]) else "")
+            seeded = "seed" in row and not pd.isna(row["seed"])
+            label = row_label(row, keys) + (f" (seed {_fmt_key(row['seed'])})" if seeded else "")
             figures.append(f'<figure><img src="samples/{path.name}" alt="samples of {html.escape(label)}">'
                            f"<figcaption>{html.escape(label)}</figcaption></figure>")
     if not figures:

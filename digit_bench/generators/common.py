@@ -160,19 +160,13 @@ def stage1_nodes(cfg: ExperimentConfig, tokens: Node, label: str) -> dict[str, N
                    {"gpt": gpt, **prompts})
     out = {"gpt": gpt, "samples": samples}
     if cfg.probe.enabled:
-        settings, online = probe_settings(cfg), {}
+        settings, online = probe_hashed(cfg.probe), {}
         if cfg.probe.protocol == "paper":  # it tokenizes augmented views on the fly: the data and the tokenizer
             settings.update(data=to_dict(cfg.data), backbone=to_dict(cfg.backbone))
             online = {r: p for r, p in tokens.parents.items() if r in ("centroids", "ssl", "vqgan")}
         out["probe"] = Node("probe", f"{cfg.gpt.size}-{label}-s{cfg.seed}", probe.Cfg(probe=settings, seed=cfg.seed),
                             {"gpt": gpt, "tokens": tokens, **online})
     return out
-
-
-def probe_settings(cfg: ExperimentConfig) -> dict:
-    """The probe section as its artifacts hash it: the paper protocol's fields only when it is chosen, so they never
-    re-key a converged probe (or the Acc@OL of tokenizer_metrics)."""
-    return probe_hashed(cfg.probe)
 
 
 def acc_ol_probe(cfg: ExperimentConfig) -> ProbeConfig:

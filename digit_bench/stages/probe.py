@@ -37,7 +37,7 @@ RESUMABLE = False
 class Cfg:
     """Parents: gpt, tokens; under the paper protocol also the tokenizer (centroids [+ ssl], or vqgan)."""
 
-    probe: dict  # config.ProbeConfig fields (the paper protocol's only when it is chosen: generators.common.probe_settings);
+    probe: dict  # config.ProbeConfig fields (the paper protocol's only when it is chosen: config.probe_hashed);
     # under the paper protocol also "data" and "backbone" (config dicts): it tokenizes augmented views on the fly
     seed: int
 
