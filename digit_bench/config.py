@@ -226,6 +226,10 @@ class SSLConfig:
     student_temp: float = 0.1
     center_momentum: float = 0.9
     local_crops: int = 4  # DINO multi-crop small views
+    crop_size: Optional[int] = None  # side of DINO's global crops and the supervised crops (DINO's local crops:
+    # half of it); None = image_size. Below image_size a step costs about (crop_size / image_size)^2 as much, and
+    # the backbone is still read at image_size (train low, test high). MAE keeps image_size: its encoder already
+    # sees a quarter of the patches
     head_input: Literal["cls", "patch_mean"] = "cls"  # what the DINO / supervised head reads: the CLS token (DINO),
     # or the mean of the final-norm patch tokens, the features the tokenizer and kNN@OL use
     train: TrainConfig = TrainConfig(steps=3000, batch_size=256, lr=1e-3, schedule="cosine", warmup_steps=200,
@@ -460,7 +464,7 @@ def _set_range(names: str, lo: float, hi: float, lo_in: bool = True, hi_in: bool
         _RANGES[name] = (lo, hi, lo_in, hi_in)
 
 
-_set_range("image_size batch_size steps k niter num_samples embed_dim depth num_heads patch_size ch n_embed z_channels "
+_set_range("crop_size image_size batch_size steps k niter num_samples embed_dim depth num_heads patch_size ch n_embed z_channels "
      "maskgit_steps epochs num_images max_points_per_centroid num_train_timesteps num_inference_steps out_dim micro_batch_size nodes "
      "checkpoint_every num_res_blocks cpus_per_task mem_gb timeout_min array_parallelism local_workers tasks_per_node "
      "latent_channels bootstrap kid_subset_size prc_neighborhood local_crops ch_mult vae_channels unet_channels "
@@ -588,6 +592,11 @@ def check_names(cfg: ExperimentConfig) -> None:
         if b.embed_dim % b.num_heads:
             raise UserError(f"{key}.embed_dim {b.embed_dim} is not divisible by {key}.num_heads {b.num_heads}; "
                             "make the width a multiple of the head count")
+    crop = cfg.ssl.crop_size
+    if crop is not None and (crop > cfg.ssl.image_size or crop % (2 * cfg.ssl.patch_size)):
+        raise UserError(f"ssl.crop_size {crop} must be at most ssl.image_size {cfg.ssl.image_size} and a multiple of "
+                        f"2 x ssl.patch_size = {2 * cfg.ssl.patch_size} (the local crops are half of it); e.g. "
+                        f"{max(2 * cfg.ssl.patch_size, crop - crop % (2 * cfg.ssl.patch_size))}")
     if cfg.ldm.num_inference_steps > cfg.ldm.num_train_timesteps:
         raise UserError(f"ldm.num_inference_steps {cfg.ldm.num_inference_steps} > ldm.num_train_timesteps "
                         f"{cfg.ldm.num_train_timesteps}; lower it")

@@ -2,11 +2,13 @@
 
 No pretrained weights can be downloaded offline, so to test DiGIT's claim that discriminative SSL features make
 better tokens than reconstructive ones we train small timm ViTs on the dataset itself (32x32 RGB, patch 4, 8x8
-tokens). All three objectives share one architecture (`build_vit`) and one data path; only the loss differs:
+tokens). All three objectives share one architecture (`build_vit`) and one data path; only the loss differs. With
+`crop_size` below the image side, DINO and the supervised model train on smaller crops (fewer tokens per step) and
+are read at the full side, as FixRes trains low and tests high:
 
 - `DINO`: self-distillation with no labels (Caron et al. 2021, facebookresearch/dino): a student matches an EMA
-  teacher's centred, sharpened softmax over `out_dim` prototypes across multi-crop views (2 global 32-px crops,
-  `local_crops` 16-px crops; the teacher sees the globals only).
+  teacher's centred, sharpened softmax over `out_dim` prototypes across multi-crop views (2 global crops of side
+  `crop_size`, `local_crops` crops of half that side; the teacher sees the globals only).
 - `MAE`: masked autoencoder (He et al. 2022, facebookresearch/mae): the encoder sees 25% of the patches, a light
   decoder (2 blocks, 128 wide) reconstructs the per-patch normalised pixels of the masked ones.
 - `Supervised`: the same ViT plus a linear head on the CLS token, cross-entropy: discriminative but with labels.
@@ -56,7 +58,7 @@ def vit_arch(cfg: SSLConfig) -> dict:
 
 
 def build_vit(cfg: SSLConfig) -> VisionTransformer:
-    """The one backbone of all three methods; dynamic_img_size lets it take DINO's 16-px local crops (the
+    """The one backbone of all three methods; dynamic_img_size lets it take crops smaller than image_size (the
     position table is resampled), and its state dict is identical to that of the plain `vit_arch(cfg)` model.
     Its output (what the DINO and supervised heads read) is the CLS token, or with `head_input: patch_mean` the mean
     of the final-norm patch tokens (timm's "avg" pool without fc_norm)."""
@@ -142,7 +144,7 @@ class DINO(nn.Module):
         return self.teacher.vit
 
     def forward(self, global_views: torch.Tensor, local_views: torch.Tensor) -> torch.Tensor:
-        """global_views: (2B, 3, S, S) view-major; local_views: (LB, 3, S/2, S/2), L >= 0.
+        """global_views: (2B, 3, C, C) view-major; local_views: (LB, 3, C/2, C/2), L >= 0 (C = crop_size).
         Returns the mean cross-entropy over (teacher global view, other student view) pairs."""
         B = global_views.shape[0] // 2
         student = self.student
@@ -265,17 +267,19 @@ def make_batch(method: str, images: np.ndarray, labels: np.ndarray, cfg: SSLConf
     rng = np.random.default_rng([seed, step, 1])
     x = to_float(images[idx])  # (B, 3, S, S)
     S = cfg.image_size
+    C = cfg.crop_size or S  # DINO's global / the supervised crop side
     if method == "dino":
-        views = [color_jitter(random_resized_crop(x, S, DINO_GLOBAL_SCALE, rng), rng) for _ in range(2)]
-        small = [color_jitter(random_resized_crop(x, S // 2, DINO_LOCAL_SCALE, rng), rng)
+        views = [color_jitter(random_resized_crop(x, C, DINO_GLOBAL_SCALE, rng), rng) for _ in range(2)]
+        small = [color_jitter(random_resized_crop(x, C // 2, DINO_LOCAL_SCALE, rng), rng)
                  for _ in range(cfg.local_crops)]
-        empty = torch.zeros(len(idx), 0, 3, S // 2, S // 2)
-        return dict(global_views=normalize(torch.stack(views, 1)),  # (B, 2, 3, S, S)
-                    local_views=normalize(torch.stack(small, 1)) if small else empty)  # (B, L, 3, S/2, S/2)
-    crops = normalize(random_resized_crop(x, S, DINO_GLOBAL_SCALE, rng))  # (B, 3, S, S)
-    if method == "mae":
+        empty = torch.zeros(len(idx), 0, 3, C // 2, C // 2)
+        return dict(global_views=normalize(torch.stack(views, 1)),  # (B, 2, 3, C, C)
+                    local_views=normalize(torch.stack(small, 1)) if small else empty)  # (B, L, 3, C/2, C/2)
+    if method == "mae":  # MAE's encoder sees a quarter of the patches already: it keeps the full side S
+        crops = normalize(random_resized_crop(x, S, DINO_GLOBAL_SCALE, rng))  # (B, 3, S, S)
         noise = torch.from_numpy(rng.random((len(idx), (S // cfg.patch_size) ** 2))).float()  # (B, T)
         return dict(images=crops, noise=noise)
+    crops = normalize(random_resized_crop(x, C, DINO_GLOBAL_SCALE, rng))  # (B, 3, C, C)
     return dict(images=crops, labels=torch.from_numpy(labels[idx]).long())
 
 

@@ -189,3 +189,19 @@ def test_head_input_picks_the_cls_token_or_the_patch_mean_with_one_state_dict(he
         assert torch.allclose(vit(x), expected, atol=1e-6)
     plain = VisionTransformer(**ssl.vit_arch(cfg))
     assert plain.load_state_dict(vit.state_dict(), strict=True)  # backbone.pt loads either way
+
+
+def test_crop_size_shrinks_dino_and_supervised_crops_but_not_mae_and_the_backbone_reads_full_images():
+    images, labels = random_images(8)
+    low = dataclasses.replace(TINY, crop_size=16)
+    dino = ssl.make_batch("dino", images, labels, low, seed=0, step=0)
+    assert dino["global_views"].shape == (8, 2, 3, 16, 16) and dino["local_views"].shape == (8, 2, 3, 8, 8)
+    assert ssl.make_batch("sup", images, labels, low, seed=0, step=0)["images"].shape == (8, 3, 16, 16)
+    assert ssl.make_batch("mae", images, labels, low, seed=0, step=0)["images"].shape == (8, 3, 32, 32)
+    torch.manual_seed(0)
+    model = ssl.build_objective("dino", low, num_classes=10)
+    batch = ssl.split_batch(dino, [slice(None)])[0]
+    model(**batch).backward()  # a training step runs on 4x4 (global) and 2x2 (local) token grids
+    assert model.student.vit.pos_embed.grad.abs().sum() > 0  # the 8x8 position table learns through resampling
+    feats = ssl.backbone_features(model.backbone, images)  # read at the full 32 px
+    assert feats.shape == (8, low.embed_dim) and np.isfinite(feats).all()
