@@ -464,10 +464,10 @@ def _set_range(names: str, lo: float, hi: float, lo_in: bool = True, hi_in: bool
         _RANGES[name] = (lo, hi, lo_in, hi_in)
 
 
-_set_range("crop_size image_size batch_size steps k niter num_samples embed_dim depth num_heads patch_size ch n_embed z_channels "
+_set_range("image_size batch_size steps k niter num_samples embed_dim depth num_heads patch_size ch n_embed z_channels "
      "maskgit_steps epochs num_images max_points_per_centroid num_train_timesteps num_inference_steps out_dim micro_batch_size nodes "
      "checkpoint_every num_res_blocks cpus_per_task mem_gb timeout_min array_parallelism local_workers tasks_per_node "
-     "latent_channels bootstrap kid_subset_size prc_neighborhood local_crops ch_mult vae_channels unet_channels "
+     "latent_channels bootstrap kid_subset_size prc_neighborhood local_crops crop_size ch_mult vae_channels unet_channels "
      "num_train num_test num_reference img_size max_iter threads", 1, _INT_MAX)
 _set_range("num_val warmup_steps gpus_per_node max_retries max_num_timeout top_k disc_start seed split_seed init_seed "
      "prefix_len",
@@ -592,11 +592,11 @@ def check_names(cfg: ExperimentConfig) -> None:
         if b.embed_dim % b.num_heads:
             raise UserError(f"{key}.embed_dim {b.embed_dim} is not divisible by {key}.num_heads {b.num_heads}; "
                             "make the width a multiple of the head count")
-    crop = cfg.ssl.crop_size
-    if crop is not None and (crop > cfg.ssl.image_size or crop % (2 * cfg.ssl.patch_size)):
+    crop, step = cfg.ssl.crop_size, 2 * cfg.ssl.patch_size  # the local crops are half the crop: whole patches
+    if crop is not None and (crop > cfg.ssl.image_size or crop % step):
+        fit = max(step, min(crop, cfg.ssl.image_size) // step * step)
         raise UserError(f"ssl.crop_size {crop} must be at most ssl.image_size {cfg.ssl.image_size} and a multiple of "
-                        f"2 x ssl.patch_size = {2 * cfg.ssl.patch_size} (the local crops are half of it); e.g. "
-                        f"{max(2 * cfg.ssl.patch_size, crop - crop % (2 * cfg.ssl.patch_size))}")
+                        f"2 x ssl.patch_size = {step} (the local crops are half of it); e.g. {fit}")
     if cfg.ldm.num_inference_steps > cfg.ldm.num_train_timesteps:
         raise UserError(f"ldm.num_inference_steps {cfg.ldm.num_inference_steps} > ldm.num_train_timesteps "
                         f"{cfg.ldm.num_train_timesteps}; lower it")

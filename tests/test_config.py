@@ -109,7 +109,7 @@ def test_launcher_does_not_change_the_run_id():
     ("defaults: [\n", ["s.yaml:", "invalid YAML"]),
     ("profiles:\n  smok: {}\n", ["unknown profile 'smok'", "did you mean smoke?"]),
     ("defaults:\n  ssl.crop_size: 12\n", ["ssl.crop_size 12", "multiple of 2 x ssl.patch_size = 8", "e.g. 8"]),
-    ("defaults:\n  ssl.crop_size: 64\n", ["ssl.crop_size 64", "at most ssl.image_size 32"]),
+    ("defaults:\n  ssl.crop_size: 64\n", ["ssl.crop_size 64", "at most ssl.image_size 32", "e.g. 32"]),
     ("defaults:\n  launcher.gpus_per_node: 4\n  launcher.tasks_per_node: 2\n",
      ["tasks_per_node 2 != launcher.gpus_per_node 4", "set them equal"]),
 ])
