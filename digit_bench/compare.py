@@ -5,7 +5,8 @@ label, the seed and every swept config column the two files share. Per matched r
 - when A holds two or more seeds of the cell: B's value must lie in A's 95% prediction interval for one more run,
   mean ± t(0.975, n-1) · sd · sqrt(1 + 1/n), over A's seeds. A rerun on another machine (or another instruction
   set on the same one) retrains every stage along a different floating-point path, which acts like a new seed of
-  each trained stage, so only seeds that retrain those stages (seed_scope full) give an interval it should land in;
+  each trained stage, so only seeds that retrain those stages (seed_scope full; downstream leaves the encoder out)
+  give an interval it should land in;
 - else, FD columns with a per-run interval in A (`<fd>_ci_low`, `<fd>_ci_high`): B's bias-corrected `<fd>_bc` when
   both files carry it (A's interval is then one of the true FD), else B's `<fd>`, must lie in [low, high]. That
   interval covers the sampling of generated and reference images only, not retraining;

@@ -220,17 +220,18 @@ class SSLConfig:
     depth: int = 6
     num_heads: int = 3
     mask_ratio: float = 0.75  # MAE
-    out_dim: int = 1024  # DINO head prototypes
-    teacher_momentum: float = 0.996  # DINO EMA teacher
+    out_dim: int = 1024  # DINO head prototypes; MoCo v3's projection width (MoCo v3: 256)
+    teacher_momentum: float = 0.996  # DINO EMA teacher, MoCo v3 momentum encoder (MoCo v3 ViT: 0.99), cosine to 1
     teacher_temp: float = 0.04
     student_temp: float = 0.1
     center_momentum: float = 0.9
-    local_crops: int = 4  # DINO multi-crop small views
+    moco_temp: float = 0.2  # MoCo v3 InfoNCE temperature (its ViT setting)
+    local_crops: int = 4  # DINO (and MoCo) multi-crop small views
     crop_size: Optional[int] = None  # side of DINO's global crops and the supervised crops (DINO's local crops:
     # half of it); None = image_size. Below image_size a step costs about (crop_size / image_size)^2 as much, and
     # the backbone is still read at image_size (train low, test high). MAE keeps image_size: its encoder already
     # sees a quarter of the patches
-    head_input: Literal["cls", "patch_mean"] = "cls"  # what the DINO / supervised head reads: the CLS token (DINO),
+    head_input: Literal["cls", "patch_mean"] = "cls"  # what the DINO / MoCo / supervised head reads: the CLS token (DINO),
     # or the mean of the final-norm patch tokens, the features the tokenizer and kNN@OL use
     train: TrainConfig = TrainConfig(steps=3000, batch_size=256, lr=1e-3, schedule="cosine", warmup_steps=200,
                                      betas=(0.9, 0.95), weight_decay=0.05, label_smoothing=0.0, checkpoint_every=500)
@@ -299,8 +300,9 @@ class ExperimentConfig:
     # full: the run seed offsets the seed of every stochastic stage (SSL pretraining / random init, K-Means images and
     # init, VQGAN, stage 2, GPT, sampling, VAE + LDM, the local FD classifier), so the std over seeds covers the whole
     # pipeline; seed 0 is the configured seeds. generator: only the GPT / LDM, its samples and the probe (the
-    # tokenizer, decoders and judge are shared instruments), cheaper but blind to their variance.
-    seed_scope: Literal["full", "generator"] = "full"
+    # tokenizer, decoders and judge are shared instruments), cheaper but blind to their variance. downstream: as full
+    # but the encoder (SSL pretraining, random ViT init) is trained once and shared, as a frozen pretrained encoder is.
+    seed_scope: Literal["full", "downstream", "generator"] = "full"
     threads: int = 1  # CPU threads of every stage; in every artifact id: bit-identical reruns need the same count
     generator: str = "digit"  # registered generator (`digit-bench ls generators`)
     # backbone name -> weight file, for every grid point at once (a mapping in YAML); used where backbone.weights
@@ -482,7 +484,7 @@ _set_range("dropout label_dropout ema label_smoothing betas", 0, 1, hi_in=False)
 _set_range("center_momentum teacher_momentum", 0, 1)
 _set_range("momentum", 0, 1, hi_in=False)
 _set_range("crop_scale eval_crop", 0, 1, lo_in=False)
-_set_range("temperature choice_temperature teacher_temp student_temp cfg_scale", 0, 1e6, lo_in=False)
+_set_range("temperature choice_temperature teacher_temp student_temp moco_temp cfg_scale", 0, 1e6, lo_in=False)
 _set_range("snrs_db", -200, 200)
 
 # strings that end up in file paths, sbatch lines or artifact names: a strict slug

@@ -135,6 +135,8 @@ BACKBONES.add("random_vit", "digit_bench.backbones:random_vit", "seeded random-i
 BACKBONES.add("pixels", "digit_bench.backbones:pixels", "raw pixel patches as features (a no-network control)")
 BACKBONES.add("dino_tiny", "digit_bench.backbones:pretrained_tiny",
               "tiny timm ViT trained here by DINO self-distillation (pretrain_ssl stage)", method="dino")
+BACKBONES.add("moco_tiny", "digit_bench.backbones:pretrained_tiny",
+              "tiny timm ViT trained here by MoCo v3 contrastive learning (pretrain_ssl stage)", method="moco")
 BACKBONES.add("mae_tiny", "digit_bench.backbones:pretrained_tiny",
               "tiny timm ViT trained here by MAE masked reconstruction (pretrain_ssl stage)", method="mae")
 BACKBONES.add("sup_tiny", "digit_bench.backbones:pretrained_tiny",

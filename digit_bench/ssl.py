@@ -1,14 +1,18 @@
-"""Tiny ViT backbones pretrained here, three ways: DINO (discriminative SSL), MAE (reconstructive SSL), supervised.
+"""Tiny ViT backbones pretrained here, four ways: DINO and MoCo v3 (discriminative SSL), MAE (reconstructive SSL),
+supervised.
 
 No pretrained weights can be downloaded offline, so to test DiGIT's claim that discriminative SSL features make
 better tokens than reconstructive ones we train small timm ViTs on the dataset itself (32x32 RGB, patch 4, 8x8
-tokens). All three objectives share one architecture (`build_vit`) and one data path; only the loss differs. With
+tokens). All four objectives share one architecture (`build_vit`) and one data path; only the loss differs. With
 `crop_size` below the image side, DINO and the supervised model train on smaller crops (fewer tokens per step) and
 are read at the full side, as FixRes trains low and tests high:
 
 - `DINO`: self-distillation with no labels (Caron et al. 2021, facebookresearch/dino): a student matches an EMA
   teacher's centred, sharpened softmax over `out_dim` prototypes across multi-crop views (2 global crops of side
   `crop_size`, `local_crops` crops of half that side; the teacher sees the globals only).
+- `MoCo`: MoCo v3 (Chen, Xie & He 2021, facebookresearch/moco-v3), contrastive: a query ViT + projector + predictor
+  picks the key of its own image, from a momentum ViT + projector, among the keys of the batch (InfoNCE at
+  temperature `moco_temp`), on DINO's views (local crops, when set, are extra queries).
 - `MAE`: masked autoencoder (He et al. 2022, facebookresearch/mae): the encoder sees 25% of the patches, a light
   decoder (2 blocks, 128 wide) reconstructs the per-patch normalised pixels of the masked ones.
 - `Supervised`: the same ViT plus a linear head on the CLS token, cross-entropy: discriminative but with labels.
@@ -16,8 +20,9 @@ are read at the full side, as FixRes trains low and tests high:
 Every random choice (batch indices, crops, flips, jitter, MAE masks) is drawn in `batch_fn` from
 `np.random.default_rng([seed, step])`, so a step's batch is a pure function of (seed, step) and `training.fit`
 resumes bit-exactly. `pretrain` writes `backbone.pt` = {"arch": VisionTransformer kwargs, "model": state dict}
-(the teacher's for DINO), which `digit_bench.backbones:pretrained_tiny` loads, and reports kNN (`knn_accuracy`)
-and linear-probe accuracy of the backbone's mean-pooled patch features on held-out images.
+(the teacher's for DINO, the query encoder for MoCo v3 as its release does), which
+`digit_bench.backbones:pretrained_tiny` loads, and reports kNN (`knn_accuracy`) and linear-probe accuracy of the
+backbone's mean-pooled patch features on held-out images, and the kNN of every block as the tokenizer reads it.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from digit_bench.config import SSLConfig
 from digit_bench.errors import UserError
 from digit_bench.training import fit, save_checkpoint, seeded_init, shard
 
-METHODS = ("dino", "mae", "sup")
+METHODS = ("dino", "moco", "mae", "sup")
 MEAN, STD = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # what timm's resolve_data_config gives a bare ViT
 DINO_HEAD_HIDDEN, DINO_HEAD_BOTTLENECK = 512, 128  # DINO: 2048, 256 (scaled down with the 192-wide ViT)
 DINO_GLOBAL_SCALE, DINO_LOCAL_SCALE = (0.4, 1.0), (0.1, 0.4)  # RandomResizedCrop area fractions (DINO defaults)
@@ -161,16 +166,69 @@ class DINO(nn.Module):
                   for iq, tq in enumerate(t) for v, sv in enumerate(s) if v != iq]
         return torch.stack(losses).mean()
 
-    @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
-        """teacher <- momentum * teacher + (1 - momentum) * student, parameter by parameter."""
-        for pt, ps in zip(self.teacher.parameters(), self.student.parameters()):
-            pt.mul_(momentum).add_(ps.detach(), alpha=1 - momentum)
+        ema_update(self.teacher, self.student, momentum)
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, source: nn.Module, momentum: float) -> None:
+    """target <- momentum * target + (1 - momentum) * source, parameter by parameter (DINO's teacher, MoCo's keys)."""
+    for pt, ps in zip(target.parameters(), source.parameters()):
+        pt.mul_(momentum).add_(ps.detach(), alpha=1 - momentum)
 
 
 def teacher_momentum(cfg: SSLConfig, step: int) -> float:
-    """DINO's cosine schedule from cfg.teacher_momentum at step 0 to 1 at the last step."""
+    """DINO's (and MoCo v3's) cosine schedule from cfg.teacher_momentum at step 0 to 1 at the last step."""
     return 1 - (1 - cfg.teacher_momentum) * (1 + math.cos(math.pi * step / cfg.train.steps)) / 2
+
+
+# ------------------------------------------------------------------------------------------------ MoCo v3
+def moco_mlp(in_dim: int, out_dim: int, layers: int) -> nn.Sequential:
+    """MoCo v3's projector (3 layers) / predictor (2): Linear -> BN -> ReLU, the last Linear -> BN without affine."""
+    dims = [in_dim] + [DINO_HEAD_HIDDEN] * (layers - 1) + [out_dim]
+    mods: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        last = i == layers - 1
+        mods += [nn.Linear(a, b, bias=False), nn.BatchNorm1d(b, affine=not last)] + ([] if last else [nn.ReLU()])
+    return nn.Sequential(*mods)
+
+
+class MoCo(nn.Module):
+    """MoCo v3: query ViT + projector + predictor against a momentum ViT + projector; `backbone` is the query ViT.
+
+    The negatives of a query are the other keys of its micro-batch (MoCo v3 gathers them across GPUs; the CPU
+    profiles train in one process, where the micro-batch is the batch).
+    """
+
+    def __init__(self, cfg: SSLConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.base = nn.ModuleDict(dict(vit=build_vit(cfg), projector=moco_mlp(cfg.embed_dim, cfg.out_dim, 3)))
+        self.predictor = moco_mlp(cfg.out_dim, cfg.out_dim, 2)
+        self.momentum = copy.deepcopy(self.base).requires_grad_(False)
+
+    @property
+    def backbone(self) -> VisionTransformer:
+        return self.base.vit
+
+    def contrastive(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """InfoNCE of queries q (B, out) against keys k (B, out), image i's key the positive of query i, x 2T."""
+        logits = F.normalize(q, dim=1) @ F.normalize(k, dim=1).T / self.cfg.moco_temp  # (B, B)
+        return F.cross_entropy(logits, torch.arange(len(q), device=q.device)) * 2 * self.cfg.moco_temp
+
+    def forward(self, global_views: torch.Tensor, local_views: torch.Tensor) -> torch.Tensor:
+        """Views as DINO.forward; the mean InfoNCE over (key of a global view, query of another view) pairs."""
+        B = global_views.shape[0] // 2
+        q = self.predictor(self.base.projector(self.base.vit(global_views)))  # (2B, out)
+        if len(local_views):
+            q = torch.cat([q, self.predictor(self.base.projector(self.base.vit(local_views)))])  # ((2+L)B, out)
+        with torch.no_grad():
+            k = self.momentum.projector(self.momentum.vit(global_views)).split(B)  # 2 views of (B, out)
+        losses = [self.contrastive(qv, kv) for ik, kv in enumerate(k) for v, qv in enumerate(q.split(B)) if v != ik]
+        return torch.stack(losses).mean()
+
+    def update_teacher(self, momentum: float) -> None:
+        ema_update(self.momentum, self.base, momentum)
 
 
 # ------------------------------------------------------------------------------------------------ MAE
@@ -268,7 +326,7 @@ def make_batch(method: str, images: np.ndarray, labels: np.ndarray, cfg: SSLConf
     x = to_float(images[idx])  # (B, 3, S, S)
     S = cfg.image_size
     C = cfg.crop_size or S  # DINO's global / the supervised crop side
-    if method == "dino":
+    if method in ("dino", "moco"):
         views = [color_jitter(random_resized_crop(x, C, DINO_GLOBAL_SCALE, rng), rng) for _ in range(2)]
         small = [color_jitter(random_resized_crop(x, C // 2, DINO_LOCAL_SCALE, rng), rng)
                  for _ in range(cfg.local_crops)]
@@ -296,16 +354,19 @@ def split_batch(batch: dict, slices: list[slice]) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------------ evaluation
 @torch.no_grad()
-def backbone_features(vit: VisionTransformer, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Mean over patch tokens of the final-norm output, float32 (N, D); images uint8 (N, S, S, 3)."""
+def block_features(vit: VisionTransformer, images: np.ndarray, batch_size: int = 256) -> list[np.ndarray]:
+    """Mean over patch tokens of every block's output with the final norm applied, as the tokenizer reads a block
+    (`FeatureBackbone.features`); the last entry is the final-norm output. float32 (N, D) per block; images uint8
+    (N, S, S, 3)."""
     vit.eval()
     device = next(vit.parameters()).device
-    feats = []
+    blocks: list[list[torch.Tensor]] = [[] for _ in vit.blocks]
     for start in range(0, len(images), batch_size):
         x = normalize(to_float(images[start:start + batch_size])).to(device)  # (b, 3, S, S)
-        tokens = vit.forward_features(x)  # (b, 1+T, D)
-        feats.append(tokens[:, vit.num_prefix_tokens:].mean(dim=1).cpu())  # (b, D)
-    return torch.cat(feats).numpy()
+        taken = vit.forward_intermediates(x, norm=True, output_fmt="NLC", intermediates_only=True)  # depth x (b, T, D)
+        for feats, tokens in zip(blocks, taken):
+            feats.append(tokens.mean(dim=1).cpu())  # (b, D)
+    return [torch.cat(feats).numpy() for feats in blocks]
 
 
 def knn_accuracy(feats_train: np.ndarray, y_train: np.ndarray, feats_test: np.ndarray, y_test: np.ndarray,
@@ -325,20 +386,23 @@ def knn_accuracy(feats_train: np.ndarray, y_train: np.ndarray, feats_test: np.nd
 
 def evaluate_backbone(vit: VisionTransformer, images: np.ndarray, labels: np.ndarray,
                       eval_images: np.ndarray, eval_labels: np.ndarray) -> dict:
-    """kNN (k=20) and linear-probe (sklearn logistic regression) top-1 of frozen mean-pooled features:
-    fitted on (images, labels), scored on (eval_images, eval_labels)."""
-    train, test = backbone_features(vit, images), backbone_features(vit, eval_images)
+    """kNN (k=20) and linear-probe (sklearn logistic regression) top-1 of frozen mean-pooled final-norm features,
+    and the kNN of every block read as the tokenizer reads it (`knn_top1_by_block`, block 0 first; the tokenizer's
+    `backbone.layer` -3 is entry -3): fitted on (images, labels), scored on (eval_images, eval_labels)."""
+    train, test = block_features(vit, images), block_features(vit, eval_images)
     with threadpool_limits(limits=1, user_api="blas"):  # multi-threaded BLAS crawls on a shared 2-core CPU
-        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(train, labels)
-    return dict(knn_top1=knn_accuracy(train, labels, test, eval_labels, k=20),
-                probe_top1=float(probe.score(test, eval_labels)))
+        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(train[-1], labels)
+    by_block = [knn_accuracy(a, labels, b, eval_labels, k=20) for a, b in zip(train, test)]
+    return dict(knn_top1=by_block[-1], probe_top1=float(probe.score(test[-1], eval_labels)), knn_top1_by_block=by_block)
 
 
 # ------------------------------------------------------------------------------------------------ pretraining
 def build_objective(method: str, cfg: SSLConfig, num_classes: int) -> nn.Module:
-    """DINO | MAE | Supervised for `method` in METHODS."""
+    """DINO | MoCo | MAE | Supervised for `method` in METHODS."""
     if method == "dino":
         return DINO(cfg)
+    if method == "moco":
+        return MoCo(cfg)
     if method == "mae":
         return MAE(cfg)
     if method == "sup":
@@ -376,7 +440,7 @@ def pretrain(method: str, images: np.ndarray, labels: np.ndarray, cfg: SSLConfig
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     stats = fit(model, loss_fn, batch_fn, cfg.train, work_dir, seed=seed, param_groups={"main": trainable},
-                after_step=after_step if method == "dino" else None, desc=f"pretrain {method}")
+                after_step=after_step if hasattr(model, "update_teacher") else None, desc=f"pretrain {method}")
     vit = model.backbone
     save_checkpoint(work_dir / "backbone.pt", {"arch": vit_arch(cfg), "model": vit.state_dict()})
     reference = np.random.default_rng(seed).permutation(len(images))[:num_reference]

@@ -60,6 +60,27 @@ def test_full_scope_seeds_rekey_every_stochastic_stage():
     assert ldm == {"vae": 2, "ldm": 2, "sample": cfg.sample.seed + 2, "judge": 2}
 
 
+def test_downstream_scope_seeds_share_the_encoder_and_rekey_everything_after_it():
+    cfg = load_sweep(ABL / "backbones.yaml", "smoke", ["backbone.name=dino_tiny", "seed_scope=downstream"]).runs[0].cfg
+    full = run_dag(dataclasses.replace(cfg, seed_scope="full"))
+    s0, s1 = run_dag(cfg), run_dag(dataclasses.replace(cfg, seed=1))
+    assert s0["ssl"].id == s1["ssl"].id  # pretrained once for every seed
+    for role in ("features", "centroids", "tokens", "vqgan", "stage2", "gpt", "samples", "images", "metrics",
+                 "ceiling_metrics", "real_metrics"):
+        assert s0[role].id != s1[role].id, role
+    assert s0["metrics"].parents["classifier"].id != s1["metrics"].parents["classifier"].id  # the judge too
+    seeds = stage_seeds(dataclasses.replace(cfg, seed=1))
+    assert seeds["backbone"] == cfg.backbone.init_seed and seeds["vqgan"] == seeds["stage2"] == seeds["judge"] == 1
+    assert seeds["kmeans"] == cfg.tokenizer.seed + 1
+    assert all(full[role].id == node.id for role, node in s0.items())  # seed 0: the configured seeds, as under full
+    untrained = load_sweep(ABL / "backbones.yaml", "smoke", ["backbone.name=random_vit", "seed_scope=downstream"])
+    r0 = untrained.runs[0].cfg
+    features0, features1 = run_dag(r0)["features"], run_dag(dataclasses.replace(r0, seed=1))["features"]
+    assert features0.cfg["backbone"] == features1.cfg["backbone"]  # the same random-ViT init ...
+    assert features0.id != features1.id  # ... read at other K-Means images
+    assert stage_seeds(dataclasses.replace(r0, seed=1))["backbone"] == r0.backbone.init_seed
+
+
 def test_thread_count_is_part_of_every_id():
     cfg = load_sweep(ABL / "codebook_sizes.yaml", "smoke").runs[0].cfg
     a, b = run_dag(cfg), run_dag(dataclasses.replace(cfg, threads=2))

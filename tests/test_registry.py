@@ -157,7 +157,7 @@ def test_the_local_backbones_build_and_give_patch_features(tmp_path):
     arch = dict(img_size=16, patch_size=4, embed_dim=24, depth=2, num_heads=2, num_classes=0)
     torch.save({"arch": arch, "model": VisionTransformer(**arch).state_dict()}, tmp_path / "backbone.pt")
     images = torch.zeros(2, 16, 16, 3, dtype=torch.uint8)  # (B, H, W, 3)
-    widths = {"random_vit": 24, "pixels": 48, "dino_tiny": 24, "mae_tiny": 24, "sup_tiny": 24}
+    widths = {"random_vit": 24, "pixels": 48, "dino_tiny": 24, "moco_tiny": 24, "mae_tiny": 24, "sup_tiny": 24}
     local = [n for n in BACKBONES.names() if "model_name" not in BACKBONES.entry(n)[1]]
     assert sorted(widths) == local
     for name in local:

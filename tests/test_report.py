@@ -224,6 +224,43 @@ def test_claims_get_a_verdict_from_the_data():
     assert claims.loc["DiGIT beats the same GPT on VQGAN tokens", "verdict"] == "reversed"
 
 
+@pytest.mark.parametrize("names", [("dino_tiny", "moco_tiny", "mae_tiny", "random_vit"),
+                                   ("dinov2_vitb14_reg4", "mocov3_vitb16", "mae_vitb16", "random_vit")])
+def test_ssl_family_claims_take_the_best_discriminative_cell_in_every_profile(names):
+    """The tiny and the paper backbone sweeps name their encoders differently; both get the Fig. 4a claim, with the
+    best of the discriminative SSL family (DINO, MoCo, iBOT) against MAE."""
+    rng = np.random.default_rng(0)
+    fds = dict(zip(names, (45.0, 38.0, 50.0, 52.0)))
+    rows = [{"run_id": f"{b}-s{s}", "generator": "digit", "row_kind": "run", "seed": s, "backbone.name": b,
+             "fd_local": fd + rng.normal(0, 0.3)} for b, fd in fds.items() for s in SEEDS]
+    claims = report.claim_table(pd.DataFrame(rows), ["generator", "backbone.name"]).text.set_index("claim")
+    for claim in ("A discriminative SSL tokenizer beats a reconstructive one", "An SSL tokenizer beats an untrained one"):
+        assert claims.loc[claim, "A"].startswith(f"DiGIT · {names[1]}:"), claims.loc[claim, "A"]  # MoCo's 38
+        assert claims.loc[claim, "verdict"] == "holds"
+    assert claims.loc["A discriminative SSL tokenizer beats a reconstructive one", "B"].startswith(f"DiGIT · {names[2]}")
+
+
+def test_a_key_that_a_grid_group_leaves_unset_is_a_cell_of_its_own():
+    """A decoder sweep whose DiGIT groups set different keys (stage-2 kind in one, the VQGAN's lr in another): the
+    rows that leave a key unset (NaN) form their own cell, and no claim crashes or pools distinct settings."""
+    rows = []
+    for seed in SEEDS:
+        for point, fd in (({"stage2.kind": "ar"}, 50.0), ({"stage2.kind": "maskgit"}, 46.0),
+                          ({"vqgan.train.lr": 1e-3}, 30.0)):
+            rows.append({"run_id": f"digit-{point}-s{seed}", "generator": "digit", "row_kind": "run", "seed": seed,
+                         "backbone.name": "random_vit", **point, "fd_local": fd + seed * 0.1, "probe_top1": None})
+        rows.append({"run_id": f"vq-s{seed}", "generator": "vqgan_ar", "row_kind": "run", "seed": seed,
+                     "fd_local": 40.0 + seed * 0.2, "probe_top1": 60.0})
+    runs = pd.DataFrame(rows)
+    best = report._best_cell(runs[runs["generator"] == "digit"], "fd_local")
+    assert len(best) == len(SEEDS) and best["stage2.kind"].isna().all() and (best["vqgan.train.lr"] == 1e-3).all()
+    only_ar = runs[(runs["generator"] == "digit") & (runs["stage2.kind"] != "maskgit")]
+    assert len(report._best_cell(only_ar, "fd_local")) == len(SEEDS)  # two cells, not one pooled cell
+    claims = report.claim_table(runs, ["generator", "stage2.kind", "vqgan.train.lr"]).text.set_index("claim")
+    assert claims.loc["DiGIT beats the same GPT on VQGAN tokens", "verdict"] == "holds"  # 30 vs 40
+    assert "DiGIT's GPT learns better features than a GPT on VQ tokens" not in claims.index  # DiGIT has no probe
+
+
 def test_comparison_has_verdicts_then_published_rows_and_the_card(written):
     text = written["comparison_md"].read_text()
     titles = re.findall(r"^## (.+)$", text, flags=re.M)

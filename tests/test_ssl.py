@@ -1,4 +1,4 @@
-"""digit_bench.ssl: the three pretraining objectives, backbone.pt, exact resume, kNN."""
+"""digit_bench.ssl: the four pretraining objectives, backbone.pt, exact resume, kNN."""
 
 import dataclasses
 
@@ -35,7 +35,7 @@ def test_objective_lowers_its_loss_on_a_fixed_batch(method):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if method == "dino":
+        if hasattr(model, "update_teacher"):  # DINO's teacher, MoCo's momentum encoder
             model.update_teacher(0.9)
         losses.append(loss.item())
     assert losses[-1] < 0.9 * losses[0], losses
@@ -144,7 +144,7 @@ def test_pretrain_rejects_images_of_the_wrong_size(tmp_path):
     images = np.zeros((4, 28, 28, 3), dtype=np.uint8)
     with pytest.raises(UserError, match="image_size"):
         ssl.pretrain("mae", images, np.zeros(4), TINY, tmp_path, seed=0, eval_images=images, eval_labels=np.zeros(4))
-    with pytest.raises(UserError, match="dino, mae, sup"):
+    with pytest.raises(UserError, match="dino, moco, mae, sup"):
         ssl.build_objective("simclr", TINY, num_classes=10)
 
 
@@ -203,5 +203,56 @@ def test_crop_size_shrinks_dino_and_supervised_crops_but_not_mae_and_the_backbon
     batch = ssl.split_batch(dino, [slice(None)])[0]
     model(**batch).backward()  # a training step runs on 4x4 (global) and 2x2 (local) token grids
     assert model.student.vit.pos_embed.grad.abs().sum() > 0  # the 8x8 position table learns through resampling
-    feats = ssl.backbone_features(model.backbone, images)  # read at the full 32 px
+    feats = ssl.block_features(model.backbone, images)[-1]  # read at the full 32 px
     assert feats.shape == (8, low.embed_dim) and np.isfinite(feats).all()
+
+
+def test_moco_picks_its_own_images_key_among_the_batch_and_trains_the_query_encoder_only():
+    images, labels = random_images(8)
+    torch.manual_seed(0)
+    moco = ssl.build_objective("moco", TINY, num_classes=10)
+    q, k = torch.randn(6, 16), torch.randn(6, 16)
+    own = moco.contrastive(k * 3, k)  # every query points at its own key
+    assert own < moco.contrastive(k.roll(1, dims=0) * 3, k)  # ... and at its neighbour's: a worse InfoNCE
+    assert torch.isclose(moco.contrastive(q, k), torch.nn.functional.cross_entropy(
+        torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(k, dim=1).T / TINY.moco_temp,
+        torch.arange(6)) * 2 * TINY.moco_temp)
+    batch = ssl.split_batch(ssl.make_batch("moco", images, labels, TINY, seed=0, step=0), [slice(None)])[0]
+    moco(**batch).backward()
+    assert all(p.grad is None for p in moco.momentum.parameters())  # keys carry no gradient
+    assert moco.backbone is moco.base.vit and moco.backbone.patch_embed.proj.weight.grad.abs().sum() > 0
+    before = [p.clone() for p in moco.momentum.parameters()]
+    with torch.no_grad():
+        for p in moco.base.parameters():
+            p.add_(1.0)
+    moco.update_teacher(0.75)  # keys <- 0.75 keys + 0.25 query
+    for b, pm, pb in zip(before, moco.momentum.parameters(), moco.base.parameters()):
+        torch.testing.assert_close(pm, 0.75 * b + 0.25 * pb)
+
+
+def test_block_features_are_what_the_tokenizer_reads_at_each_block_mean_pooled(tmp_path):
+    images, labels = random_images(24)
+    ssl.pretrain("moco", images, labels, TINY, tmp_path, seed=0, eval_images=images[:8], eval_labels=labels[:8],
+                 num_reference=16)
+    from digit_bench.artifacts import Artifact
+    from digit_bench.loaders import load_backbone
+
+    stats = ssl.evaluate_backbone(load_checkpoint_vit(tmp_path), images[:16], labels[:16], images[16:], labels[16:])
+    assert len(stats["knn_top1_by_block"]) == TINY.depth and stats["knn_top1_by_block"][-1] == stats["knn_top1"]
+    vit = load_checkpoint_vit(tmp_path)
+    feats = ssl.block_features(vit, images[:5])
+    with torch.no_grad():
+        final = vit.eval().forward_features(ssl.normalize(ssl.to_float(images[:5])))[:, 1:].mean(dim=1)  # (5, D)
+    np.testing.assert_allclose(feats[-1], final.numpy(), rtol=1e-5, atol=1e-5)
+    for layer in range(-TINY.depth, 0):  # the tokenizer's FeatureBackbone at backbone.layer, mean over its tokens
+        backbone = load_backbone({"name": "moco_tiny", "layer": layer, "patch_size": 4}, {"ssl": Artifact(tmp_path)})
+        with torch.no_grad():
+            tokens = backbone(torch.from_numpy(images[:5]))  # (5, 64, D)
+        np.testing.assert_allclose(feats[layer], tokens.mean(dim=1).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def load_checkpoint_vit(folder) -> VisionTransformer:
+    saved = load_checkpoint(folder / "backbone.pt")
+    vit = VisionTransformer(**saved["arch"])
+    vit.load_state_dict(saved["model"], strict=True)
+    return vit

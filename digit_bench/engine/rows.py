@@ -65,7 +65,7 @@ def collect_rows(plan: Plan, store: Store) -> tuple[list[dict], list[dict]]:
                 continue
             seen_ceilings.add(node.id)
             m = _read_metrics(store, node)
-            # under seed_scope full every seed has its own ceilings (its own decoders and judge); a ceiling row names
+            # under seed_scope full or downstream every seed has its own ceilings (its own decoders and judge); a ceiling row names
             # the seeds of the stages it depends on: the judge (real images), or the tokenizer and decoders too
             seeds = stage_seeds(run.cfg)
             own = {"judge"} if role == "real_metrics" else set(seeds) - set(generator(run.cfg).model_seeds)

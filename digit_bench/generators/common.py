@@ -11,6 +11,9 @@ Which seeds enter which nodes (`seed_scope`, recorded in every row with each sta
   VAE and the LDM, and the local FD classifier with its reference features. The std over seeds then covers the
   whole pipeline. Seed 0 is the configured seeds, so its artifacts are the same under both scopes. The data
   subsets (data.split_seed) and the stability noise (stability.seed) stay fixed: they define the task and the test.
+- downstream: as full, except the encoder the tokens are read from (the SSL pretraining, or the random ViT's init):
+  it is trained once and shared by every seed, as the paper's frozen pretrained DINOv2 is. The std over seeds then
+  covers everything downstream of a fixed encoder, and a sweep pays for the pretraining once.
 - generator: the run seed re-keys the stage-1 model, its samples, the probe and the LDM only; the backbone, K-Means,
   VQGAN, stage 2, VAE and classifier are shared by all run seeds (fixed "instruments"): cheaper, and blind to the
   variance of those stages.
@@ -53,19 +56,22 @@ class Generator:
 
 
 def scoped(cfg: ExperimentConfig) -> ExperimentConfig:
-    """`cfg` with its stage seeds offset by the run seed under seed_scope full (unchanged under generator)."""
-    if cfg.seed_scope != "full" or cfg.seed == 0:
+    """`cfg` with its stage seeds offset by the run seed under seed_scope full (the encoder's too) or downstream
+    (all but the encoder's); unchanged under generator."""
+    if cfg.seed_scope == "generator" or cfg.seed == 0:
         return cfg
     s, rep = cfg.seed, dataclasses.replace
-    return rep(cfg, backbone=rep(cfg.backbone, init_seed=cfg.backbone.init_seed + s),
+    encoder_seed = cfg.backbone.init_seed + (s if cfg.seed_scope == "full" else 0)
+    return rep(cfg, backbone=rep(cfg.backbone, init_seed=encoder_seed),
                features=rep(cfg.features, seed=cfg.features.seed + s),
                tokenizer=rep(cfg.tokenizer, seed=cfg.tokenizer.seed + s),
                sample=rep(cfg.sample, seed=cfg.sample.seed + s))
 
 
 def instrument_seed(cfg: ExperimentConfig) -> int:
-    """Seed of the VQGAN, stage 2, VAE, classifier and the ceilings' bootstrap: FIXED_SEED, + run seed under full."""
-    return FIXED_SEED + (cfg.seed if cfg.seed_scope == "full" else 0)
+    """Seed of the VQGAN, stage 2, VAE, classifier and the ceilings' bootstrap: FIXED_SEED, + run seed unless the
+    scope is generator."""
+    return FIXED_SEED + (0 if cfg.seed_scope == "generator" else cfg.seed)
 
 
 def generator(cfg: ExperimentConfig) -> Generator:

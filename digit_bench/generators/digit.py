@@ -14,7 +14,7 @@ from digit_bench.generators.common import (acc_ol_probe, Generator, evaluate_nod
                                            vqgan_nodes)
 from digit_bench.stages import cluster, extract, pretrain_ssl, render, stage2, tokenize, tokenizer_metrics
 
-SSL_BACKBONES = {"dino_tiny": "dino", "mae_tiny": "mae", "sup_tiny": "sup"}  # trained here by the pretrain_ssl stage
+SSL_BACKBONES = {"dino_tiny": "dino", "moco_tiny": "moco", "mae_tiny": "mae", "sup_tiny": "sup"}  # trained here by the pretrain_ssl stage
 DECODING = ("top_p", "temperature", "maskgit_steps", "choice_temperature")  # stage2 fields the render stage reads
 
 

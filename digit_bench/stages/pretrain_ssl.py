@@ -22,7 +22,7 @@ RESUMABLE = True
 
 @dataclass(frozen=True)
 class Cfg:
-    method: str  # dino | mae | sup
+    method: str  # dino | moco | mae | sup
     data: DataConfig
     ssl: SSLConfig
     seed: int  # backbone.init_seed
