@@ -497,12 +497,12 @@ def test_claims_compare_like_with_like_on_the_committed_conditional_results():
 
 
 def test_full_seed_ceilings_pool_over_seeds_and_gaps_pair_each_seed_with_its_own_decoder(tmp_path):
-    """The committed default tiny table (seed_scope full): every seed retrains the decoders, so a ceiling row per
+    """The committed default tiny table (seed_scope downstream): every seed retrains the decoders, so a ceiling row per
     label pools its seeds (n = 2) and Δ ceiling is the mean of each run's FD minus its own seed's ceiling."""
     csv = REPO / "results" / "backbones" / "tiny" / "results.csv"
     df = pd.read_csv(csv)
     ceilings, runs = df[df["row_kind"] == "ceiling"], df[df["row_kind"] == "run"]
-    assert set(runs["seed_scope"]) == {"full"} and ceilings["seed"].nunique() == 2
+    assert set(runs["seed_scope"]) == {"downstream"} and ceilings["seed"].nunique() == 2
     out = tmp_path / "backbones" / "tiny"
     report.report_from_csv(csv, out)
     text = (out / "table.md").read_text()
