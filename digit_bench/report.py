@@ -284,6 +284,26 @@ def differ(a: Cell, b: Cell, level: float = LEVEL) -> tuple[Optional[bool], str]
     return None, "none"
 
 
+SEPARATION_CAP = 50  # seeds_to_separate looks no further
+
+
+def seeds_to_separate(a: Cell, b: Cell, level: float = LEVEL) -> str:
+    """How many paired seeds the claim's test needs to separate A from B if the mean and the spread of their per-seed
+    difference stayed as measured: the smallest n with t(n-1) · sd / sqrt(n) < |mean|. A projection from the seeds
+    at hand (with 2 seeds its sd is itself uncertain), not a power analysis; "–" without >= 2 paired seeds."""
+    common = a.values.index.intersection(b.values.index)
+    if len(common) < 2:
+        return "–"
+    d = (b.values[common] - a.values[common]).to_numpy()
+    mean, sd = abs(d.mean()), d.std(ddof=1)
+    if sd == 0:
+        return str(len(common)) if mean else "–"
+    for n in range(2, SEPARATION_CAP + 1):
+        if stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n) < mean:
+            return str(n)
+    return f"> {SEPARATION_CAP}"
+
+
 def cells(frame: pd.DataFrame, keys: list[str], name: str) -> list[Cell]:
     """One Cell per group of `frame` (grouped by keys, sorted), for column `name`."""
     out = []
@@ -689,14 +709,17 @@ def claim_table(runs: pd.DataFrame, keys: list[str]) -> Table:
         out.append({"claim": claim.text, "paper": claim.paper, "metric": name + _arrow(name),
                     "A": f"{row_label(a.iloc[0], keys)}: {_interval_text(ca)}",
                     "B": f"{row_label(b.iloc[0], keys)}: {_interval_text(cb)}",
-                    "verdict": verdict, "test": how if d is not None else "–"})
-    text = pd.DataFrame(out, columns=["claim", "paper", "metric", "A", "B", "verdict", "test"])
+                    "verdict": verdict, "test": how if d is not None else "–",
+                    "seeds to separate": seeds_to_separate(ca, cb)})
+    text = pd.DataFrame(out, columns=["claim", "paper", "metric", "A", "B", "verdict", "test", "seeds to separate"])
     return Table("Ours vs paper", text, None,
                  "A claim holds when A beats B beyond the 95% interval of their difference, is reversed when B beats A "
                  "beyond it, and is within noise otherwise. When a side has several cells, its best cell is used, at a "
                  "setting of the other swept keys both sides have when there is one (like against like); DiGIT "
                  "means DINO-family tokens when the sweep has them; discriminative SSL means DINO, MoCo or iBOT "
-                 "tokens, reconstructive means MAE.",
+                 "tokens, reconstructive means MAE. Seeds to separate: how many paired seeds the test would need to "
+                 "separate A from B if the measured mean and spread of their per-seed difference held (a projection "
+                 "from the seeds at hand, not a power analysis).",
                  None, "claims")
 
 

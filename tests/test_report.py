@@ -224,6 +224,28 @@ def test_claims_get_a_verdict_from_the_data():
     assert claims.loc["DiGIT beats the same GPT on VQGAN tokens", "verdict"] == "reversed"
 
 
+def _paired(diffs) -> tuple[report.Cell, report.Cell]:
+    a = pd.Series(30.0, index=range(len(diffs)))
+    return report.Cell(a), report.Cell(a + np.asarray(diffs, dtype=float))
+
+
+def _with_moments(n: int, mean: float, sd: float) -> np.ndarray:
+    z = np.linspace(-1, 1, n)
+    return mean + sd * (z - z.mean()) / z.std(ddof=1)
+
+
+def test_seeds_to_separate_is_the_seed_count_at_which_the_paired_test_first_separates():
+    two = _paired([2.2, 4.2])  # mean 3.2, sd 1.41: t(1) is too wide, t(3) is not
+    assert report.differ(*two)[0] is False
+    n = int(report.seeds_to_separate(*two))
+    assert n == 4
+    mean, sd = 3.2, float(np.std([2.2, 4.2], ddof=1))
+    assert report.differ(*_paired(_with_moments(n, mean, sd)))[0] is True
+    assert report.differ(*_paired(_with_moments(n - 1, mean, sd)))[0] is False
+    assert report.seeds_to_separate(*_paired([-1.0, 1.0])) == f"> {report.SEPARATION_CAP}"  # mean 0: never
+    assert report.seeds_to_separate(report.Cell(pd.Series([1.0])), report.Cell(pd.Series([2.0]))) == "–"
+
+
 @pytest.mark.parametrize("names", [("dino_tiny", "moco_tiny", "mae_tiny", "random_vit"),
                                    ("dinov2_vitb14_reg4", "mocov3_vitb16", "mae_vitb16", "random_vit")])
 def test_ssl_family_claims_take_the_best_discriminative_cell_in_every_profile(names):
@@ -497,12 +519,12 @@ def test_claims_compare_like_with_like_on_the_committed_conditional_results():
 
 
 def test_full_seed_ceilings_pool_over_seeds_and_gaps_pair_each_seed_with_its_own_decoder(tmp_path):
-    """The committed default tiny table (seed_scope downstream): every seed retrains the decoders, so a ceiling row per
+    """The committed default tiny table (seed_scope full): every seed retrains the encoder and the decoders, so a ceiling row per
     label pools its seeds (n = 2) and Δ ceiling is the mean of each run's FD minus its own seed's ceiling."""
     csv = REPO / "results" / "backbones" / "tiny" / "results.csv"
     df = pd.read_csv(csv)
     ceilings, runs = df[df["row_kind"] == "ceiling"], df[df["row_kind"] == "run"]
-    assert set(runs["seed_scope"]) == {"downstream"} and ceilings["seed"].nunique() == 2
+    assert set(runs["seed_scope"]) == {"full"} and ceilings["seed"].nunique() == 2
     out = tmp_path / "backbones" / "tiny"
     report.report_from_csv(csv, out)
     text = (out / "table.md").read_text()
