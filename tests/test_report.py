@@ -519,8 +519,9 @@ def test_claims_compare_like_with_like_on_the_committed_conditional_results():
 
 
 def test_full_seed_ceilings_pool_over_seeds_and_gaps_pair_each_seed_with_its_own_decoder(tmp_path):
-    """The committed default tiny table (seed_scope full): every seed retrains the encoder and the decoders, so a ceiling row per
-    label pools its seeds (n = 2) and Δ ceiling is the mean of each run's FD minus its own seed's ceiling."""
+    """The committed default tiny table (seed_scope full): every seed retrains the encoder and the decoders, so a
+    ceiling row per label pools its seeds (n = 2) and Δ ceiling is the mean of each run's FD minus its own seed's
+    ceiling."""
     csv = REPO / "results" / "backbones" / "tiny" / "results.csv"
     df = pd.read_csv(csv)
     ceilings, runs = df[df["row_kind"] == "ceiling"], df[df["row_kind"] == "run"]
